@@ -1,0 +1,1 @@
+//! Credentials, AssumeRole, SigV4 signing and verification.

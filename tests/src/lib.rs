@@ -1,0 +1,1 @@
+//! Network-namespace topology for the end-to-end suite.
