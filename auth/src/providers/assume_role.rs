@@ -1,0 +1,199 @@
+//! Temporary credentials from STS `AssumeRole` (Query API, POST form).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+
+use super::xml::parse_sts_answer;
+use super::{AuthError, CredentialProvider};
+use crate::credentials::Credentials;
+use crate::sign::{form_post_request, sign_request};
+use crate::skew::ClockSkew;
+
+/// Settings of an [`AssumeRoleProvider`] (CLI.md `[credentials]`).
+#[derive(Debug, Clone)]
+pub struct AssumeRoleConfig {
+    /// STS endpoint URL, e.g. `https://clc.example.internal:8773/`.
+    pub sts_endpoint: String,
+    /// Region in the signature scope (`eucalyptus` by default in edgenet).
+    pub region: String,
+    pub role_arn: String,
+    /// `RoleSessionName`: the node id for node-bound keys.
+    pub session_name: String,
+    pub duration_seconds: u32,
+    /// Extra trust root (PEM, may hold several certificates).
+    pub ca_file: Option<PathBuf>,
+    /// Timeout of one STS call.
+    pub timeout: Duration,
+}
+
+impl AssumeRoleConfig {
+    /// Defaults: one hour, 30 s timeout, no extra CA.
+    pub fn new(
+        sts_endpoint: impl Into<String>,
+        region: impl Into<String>,
+        role_arn: impl Into<String>,
+        session_name: impl Into<String>,
+    ) -> Self {
+        AssumeRoleConfig {
+            sts_endpoint: sts_endpoint.into(),
+            region: region.into(),
+            role_arn: role_arn.into(),
+            session_name: session_name.into(),
+            duration_seconds: 3600,
+            ca_file: None,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Calls STS `AssumeRole`, signing with the long-term credentials of `source`.
+pub struct AssumeRoleProvider {
+    config: AssumeRoleConfig,
+    source: Arc<dyn CredentialProvider>,
+    client: reqwest::Client,
+    skew: Option<Arc<ClockSkew>>,
+}
+
+impl AssumeRoleProvider {
+    pub fn new(
+        config: AssumeRoleConfig,
+        source: Arc<dyn CredentialProvider>,
+    ) -> Result<Self, AuthError> {
+        let client = build_client(&config)?;
+        Ok(AssumeRoleProvider {
+            config,
+            source,
+            client,
+            skew: None,
+        })
+    }
+
+    /// Measure clock skew from STS answers and sign with the corrected time.
+    pub fn with_clock_skew(mut self, skew: Arc<ClockSkew>) -> Self {
+        self.skew = Some(skew);
+        self
+    }
+
+    fn signing_time(&self) -> SystemTime {
+        self.skew.as_ref().map_or_else(SystemTime::now, |s| s.now())
+    }
+
+    fn request(&self, long_term: &Credentials) -> Result<reqwest::Request, AuthError> {
+        let duration = self.config.duration_seconds.to_string();
+        let params = [
+            ("Action", "AssumeRole"),
+            ("Version", "2011-06-15"),
+            ("RoleArn", self.config.role_arn.as_str()),
+            ("RoleSessionName", self.config.session_name.as_str()),
+            ("DurationSeconds", duration.as_str()),
+        ];
+        let mut req = form_post_request(&self.config.sts_endpoint, &params)
+            .map_err(|e| AuthError::Config(e.to_string()))?;
+        sign_request(
+            &mut req,
+            long_term,
+            &self.config.region,
+            "sts",
+            self.signing_time(),
+        )
+        .map_err(|e| AuthError::Config(e.to_string()))?;
+        reqwest::Request::try_from(req.map(reqwest::Body::from))
+            .map_err(|e| AuthError::Config(e.to_string()))
+    }
+}
+
+fn build_client(config: &AssumeRoleConfig) -> Result<reqwest::Client, AuthError> {
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .timeout(config.timeout)
+        .connect_timeout(config.timeout.min(Duration::from_secs(10)));
+    if let Some(path) = &config.ca_file {
+        let pem = std::fs::read(path)
+            .map_err(|e| AuthError::Config(format!("CA file {}: {e}", path.display())))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| AuthError::Config(format!("CA file {}: {e}", path.display())))?;
+        if certs.is_empty() {
+            return Err(AuthError::Config(format!(
+                "CA file {}: no certificate",
+                path.display()
+            )));
+        }
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder
+        .build()
+        .map_err(|e| AuthError::Config(e.to_string()))
+}
+
+#[async_trait]
+impl CredentialProvider for AssumeRoleProvider {
+    async fn fetch(&self) -> Result<Credentials, AuthError> {
+        let long_term = self.source.fetch().await?;
+        let req = self.request(&long_term)?;
+        let started = SystemTime::now();
+        let resp = self
+            .client
+            .execute(req)
+            .await
+            .map_err(|e| AuthError::Transport(e.without_url().to_string()))?;
+        let received = SystemTime::now();
+        // STS answers at once, so its Date header is a fair clock reading.
+        if let (Some(skew), Some(date)) = (&self.skew, resp.headers().get(http::header::DATE)) {
+            if let Ok(date) = date.to_str() {
+                skew.observe(date, started, received);
+            }
+        }
+        let status = resp.status();
+        let body = resp
+            .text()
+            .await
+            .map_err(|e| AuthError::Transport(e.without_url().to_string()))?;
+        let answer = parse_sts_answer(&body).map_err(AuthError::BadResponse);
+        interpret(status.as_u16(), answer)
+    }
+}
+
+/// Credentials on success; the STS error code otherwise.
+fn interpret(
+    status: u16,
+    answer: Result<super::xml::StsAnswer, AuthError>,
+) -> Result<Credentials, AuthError> {
+    let answer = match answer {
+        Ok(a) => a,
+        Err(_) if status >= 400 => {
+            return Err(AuthError::Sts {
+                status,
+                code: format!("HTTP{status}"),
+                message: "non-XML error answer".into(),
+            })
+        }
+        Err(e) => return Err(e),
+    };
+    if let Some(code) = answer.error_code.clone() {
+        let message = answer.error_message.clone().unwrap_or_default();
+        return Err(AuthError::Sts {
+            status,
+            code,
+            message,
+        });
+    }
+    if !(200..300).contains(&status) {
+        return Err(AuthError::Sts {
+            status,
+            code: format!("HTTP{status}"),
+            message: "error answer without Error/Code".into(),
+        });
+    }
+    let creds = answer.credentials().map_err(AuthError::BadResponse)?;
+    tracing::info!(
+        access_key_id = %creds.access_key_id,
+        expiration = ?creds.expiration,
+        "assumed role"
+    );
+    Ok(creds)
+}
