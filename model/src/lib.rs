@@ -3,3 +3,17 @@
 pub mod types;
 
 pub use types::*;
+pub mod addr;
+pub mod canonical;
+pub mod error;
+pub mod index;
+pub mod parse;
+pub mod synthetic;
+pub mod validate;
+pub mod view;
+
+pub use canonical::StateId;
+pub use error::{Entity, ModelError, ValidationError, ValidationErrors};
+pub use index::{ModelIndex, ViewEntry};
+pub use parse::{parse_document, parse_model, parse_view};
+pub use view::{sanitize_view, view_for, SanitizedView};
