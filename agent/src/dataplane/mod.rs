@@ -1,0 +1,118 @@
+//! The driver between the agent loop and the kernel.
+//!
+//! The loop reads the actual state (in full at start, after a failure, on
+//! drift and at each periodic resync), diffs it against the desired state
+//! and hands the change set to `apply`. Between full reads it keeps its copy
+//! of the actual state current with `ChangeSet::apply_to`, skipping what the
+//! report says was deferred.
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+use crate::desired::{DriftEvent, KernelState};
+use crate::diff::{Change, ChangeSet};
+
+pub mod memory;
+
+pub use memory::MemoryDataplane;
+
+#[async_trait]
+pub trait Dataplane: Send {
+    /// Everything of ours in the kernel, with the applied state id.
+    async fn read(&mut self) -> Result<KernelState, DataplaneError>;
+
+    /// Make `changes` (the diff of the last read, or of the cached actual
+    /// state, against `desired`) and record `state_id`.
+    ///
+    /// nftables changes are all-or-nothing: on `Err` none of them was made.
+    /// Route and address changes the kernel cannot take yet (a device not
+    /// up) are returned in `ApplyReport::deferred` while the rest is made;
+    /// the state id is then still recorded, and the next resync retries.
+    async fn apply(
+        &mut self,
+        changes: &ChangeSet,
+        desired: &KernelState,
+        state_id: &str,
+    ) -> Result<ApplyReport, DataplaneError>;
+
+    /// Events for our routes and addresses removed or changed by someone
+    /// else. `Some` once (the first call); `None` when there is no monitor.
+    fn drift_events(&mut self) -> Option<mpsc::Receiver<DriftEvent>>;
+}
+
+/// What an apply did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// Changes made.
+    pub applied: usize,
+    /// Changes the kernel could not take now, with why; retried later.
+    pub deferred: Vec<DeferredChange>,
+    /// Netlink requests sent.
+    pub netlink_ops: usize,
+    /// nft transactions run (0 or 1 per apply).
+    pub nft_transactions: usize,
+    /// Sysctls that are not as we need them (set when `manage_sysctls`,
+    /// reported here when not).
+    pub sysctl_notes: Vec<String>,
+}
+
+impl ApplyReport {
+    pub fn deferred_changes(&self) -> Vec<Change> {
+        self.deferred.iter().map(|d| d.change.clone()).collect()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeferredChange {
+    pub change: Change,
+    pub reason: String,
+}
+
+/// Every way the dataplane can fail, each with what it was doing.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("missing privileges: {operation} needs CAP_NET_ADMIN (run edgenetd as root)")]
+    PermissionDenied { operation: String },
+
+    #[error("cannot run {program:?} for {purpose}: {source}")]
+    NftSpawn {
+        program: String,
+        purpose: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("nft refused the transaction ({commands} commands, nothing applied): {stderr}")]
+    NftTransaction { commands: usize, stderr: String },
+
+    #[error("nft failed to list {table}: {stderr}")]
+    NftList { table: String, stderr: String },
+
+    #[error("cannot parse nft's JSON for {context}: {detail}")]
+    NftParse { context: String, detail: String },
+
+    #[error("netlink {operation} failed: {detail}")]
+    Netlink { operation: String, detail: String },
+
+    #[error("cannot open network namespace {path}: {detail}")]
+    Namespace { path: PathBuf, detail: String },
+
+    #[error("sysctl {name}: {source}")]
+    Sysctl {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("injected failure: {context}")]
+    Injected { context: String },
+}
+
+impl DataplaneError {
+    /// Whether retrying can help (missing privileges will not go away).
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, DataplaneError::PermissionDenied { .. })
+    }
+}

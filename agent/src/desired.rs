@@ -1,0 +1,660 @@
+//! The typed kernel state edgenetd manages.
+//!
+//! One type serves both sides of the reconcile (Calico style): the state a
+//! view renders to (desired) and the state read back from the kernel
+//! (actual). The diff of the two is the list of pending changes.
+//!
+//! nftables rules are compared by the hash carried in their comment, not
+//! expression by expression: the kernel prints rules back in its own
+//! normalised form, so a hash of what we wrote is the only stable identity.
+//! A rule read back from the kernel therefore has its hash (and handle) but
+//! no statements.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use sha2::{Digest, Sha256};
+
+/// Name of both our nftables tables (`inet edgenet`, `bridge edgenet`).
+pub const TABLE_NAME: &str = "edgenet";
+/// Route protocol number used when the configuration names none.
+pub const DEFAULT_ROUTE_PROTOCOL: u8 = 159;
+/// The kernel's main routing table.
+pub const MAIN_TABLE: u32 = 254;
+/// Prefix of the comment that marks one of our rules.
+pub const RULE_COMMENT_PREFIX: &str = "edgenet:";
+/// Chain whose single rule records the applied state id in its comment.
+pub const STATE_CHAIN: &str = "state";
+/// Prefix of that comment.
+pub const STATE_COMMENT_PREFIX: &str = "edgenet-state:";
+
+/// Everything of ours in the kernel, or everything we want there.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KernelState {
+    pub routes: BTreeMap<RouteKey, RouteSpec>,
+    pub addresses: BTreeSet<AddressEntry>,
+    pub tables: BTreeMap<TableId, NftTable>,
+    /// The `StateId` recorded in the kernel (actual) or to be recorded (desired).
+    pub state_id: Option<String>,
+    /// Which addresses we may remove; only meaningful in a desired state.
+    pub ownership: AddressOwnership,
+}
+
+impl KernelState {
+    /// Object counts by kind, as `edgenetd status` shows them.
+    pub fn object_counts(&self) -> BTreeMap<&'static str, usize> {
+        let mut counts = BTreeMap::new();
+        counts.insert("route", self.routes.len());
+        counts.insert("address", self.addresses.len());
+        counts.insert("nft table", self.tables.len());
+        let chains = self.tables.values().map(|t| t.chains.len()).sum();
+        let sets = self.tables.values().map(|t| t.sets.len()).sum();
+        let elements = self
+            .tables
+            .values()
+            .flat_map(|t| t.sets.values())
+            .map(|s| s.elements.len())
+            .sum();
+        let rules = self
+            .tables
+            .values()
+            .flat_map(|t| t.chains.values())
+            .map(|c| c.rules.len())
+            .sum();
+        counts.insert("nft chain", chains);
+        counts.insert("nft set", sets);
+        counts.insert("nft element", elements);
+        counts.insert("nft rule", rules);
+        counts
+    }
+
+    pub fn table(&self, family: Family) -> Option<&NftTable> {
+        self.tables.get(&TableId::ours(family))
+    }
+}
+
+/// The addresses edgenetd may delete (DATAPLANE.md "Ownership"): addresses
+/// in the public pool on the public interface, subnet gateways on the bridge.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AddressOwnership {
+    pub public_interface: String,
+    pub public_pool: Vec<IpNet>,
+    pub bridge: String,
+    pub gateways: BTreeSet<IpAddr>,
+}
+
+impl AddressOwnership {
+    pub fn owns(&self, entry: &AddressEntry) -> bool {
+        if entry.device == self.public_interface
+            && self
+                .public_pool
+                .iter()
+                .any(|pool| pool.contains(&entry.addr))
+        {
+            return true;
+        }
+        entry.device == self.bridge && self.gateways.contains(&entry.addr)
+    }
+}
+
+/// Routes are keyed like the kernel keys them (for our purposes):
+/// destination and table.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RouteKey {
+    pub destination: IpNet,
+    pub table: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    pub gateway: Option<IpAddr>,
+    pub device: Option<String>,
+    /// `None` in a desired route: the kernel's default metric is fine.
+    pub metric: Option<u32>,
+    pub protocol: u8,
+}
+
+impl RouteSpec {
+    /// Whether the kernel's `actual` route is what this desired one asks
+    /// for. Fields the view leaves open (device, metric) are not compared:
+    /// the kernel fills them in, and that is no drift.
+    pub fn satisfied_by(&self, actual: &RouteSpec) -> bool {
+        self.gateway == actual.gateway
+            && self.protocol == actual.protocol
+            && (self.device.is_none() || self.device == actual.device)
+            && (self.metric.is_none() || self.metric == actual.metric)
+    }
+
+    pub fn describe(&self, key: &RouteKey) -> String {
+        let mut text = key.destination.to_string();
+        if let Some(gateway) = &self.gateway {
+            text.push_str(&format!(" via {gateway}"));
+        }
+        if let Some(device) = &self.device {
+            text.push_str(&format!(" dev {device}"));
+        }
+        if key.table != MAIN_TABLE {
+            text.push_str(&format!(" table {}", key.table));
+        }
+        if let Some(metric) = self.metric {
+            text.push_str(&format!(" metric {metric}"));
+        }
+        text.push_str(&format!(" proto {}", self.protocol));
+        text
+    }
+}
+
+/// An address on a device: `addr/prefix_len dev device`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AddressEntry {
+    pub device: String,
+    pub addr: IpAddr,
+    pub prefix_len: u8,
+}
+
+impl fmt::Display for AddressEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{} dev {}", self.addr, self.prefix_len, self.device)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    Inet,
+    Bridge,
+}
+
+impl Family {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Inet => "inet",
+            Family::Bridge => "bridge",
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TableId {
+    pub family: Family,
+    pub name: String,
+}
+
+impl TableId {
+    pub fn ours(family: Family) -> Self {
+        TableId {
+            family,
+            name: TABLE_NAME.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for TableId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.family, self.name)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NftTable {
+    pub chains: BTreeMap<String, NftChain>,
+    /// Sets and maps (a map is a set whose elements carry a value).
+    pub sets: BTreeMap<String, NftSet>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NftChain {
+    /// `Some` for a base chain (hooked into the kernel).
+    pub base: Option<BaseChain>,
+    pub rules: Vec<NftRule>,
+}
+
+impl NftChain {
+    pub fn regular(rules: Vec<NftRule>) -> Self {
+        NftChain { base: None, rules }
+    }
+
+    /// The chain's content identity: its rules' hashes in order.
+    pub fn rule_hashes(&self) -> impl Iterator<Item = &str> {
+        self.rules.iter().map(|r| r.hash.as_str())
+    }
+
+    /// Same hook and same rules (by hash).
+    pub fn same_content(&self, other: &NftChain) -> bool {
+        self.base == other.base && self.rule_hashes().eq(other.rule_hashes())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainType {
+    Filter,
+    Nat,
+}
+
+impl ChainType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChainType::Filter => "filter",
+            ChainType::Nat => "nat",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    Prerouting,
+    Input,
+    Forward,
+    Output,
+    Postrouting,
+}
+
+impl Hook {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hook::Prerouting => "prerouting",
+            Hook::Input => "input",
+            Hook::Forward => "forward",
+            Hook::Output => "output",
+            Hook::Postrouting => "postrouting",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BaseChain {
+    pub chain_type: ChainType,
+    pub hook: Hook,
+    pub priority: i32,
+    /// Policy accept always: whatever is not ours is not ours to filter.
+    pub policy_accept: bool,
+}
+
+/// One rule: statements to write plus the hash that identifies them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NftRule {
+    /// Hex digest of the chain name, the rule's position and its text.
+    pub hash: String,
+    /// Empty for a rule read back from the kernel.
+    pub statements: Vec<Stmt>,
+    /// Kernel handle of a rule read back; `None` in a desired rule.
+    pub handle: Option<u64>,
+}
+
+impl NftRule {
+    /// A desired rule. The hash covers the chain and position too (as
+    /// Calico's does), so a rule moved elsewhere counts as changed.
+    pub fn new(chain: &str, position: usize, statements: Vec<Stmt>) -> Self {
+        let text = rule_text(&statements);
+        let mut digest = Sha256::new();
+        digest.update(chain.as_bytes());
+        digest.update([0]);
+        digest.update(position.to_le_bytes());
+        digest.update(text.as_bytes());
+        let hash = hex::encode(&digest.finalize()[..10]);
+        NftRule {
+            hash,
+            statements,
+            handle: None,
+        }
+    }
+
+    pub fn comment(&self) -> String {
+        format!("{RULE_COMMENT_PREFIX}{}", self.hash)
+    }
+
+    /// The rule in `nft` syntax (without the comment).
+    pub fn text(&self) -> String {
+        rule_text(&self.statements)
+    }
+}
+
+fn rule_text(statements: &[Stmt]) -> String {
+    statements
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// What a match or a map looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    /// A packet header field: protocol (`ip`, `tcp`, `arp`, …) and field.
+    Payload(&'static str, &'static str),
+    /// A `meta` key (`l4proto`, `iifname`, `nfproto`).
+    Meta(&'static str),
+    /// A `ct` key (`state`).
+    Ct(&'static str),
+}
+
+impl fmt::Display for Field {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Field::Payload(protocol, field) => write!(f, "{protocol} {field}"),
+            Field::Meta(key) => write!(f, "meta {key}"),
+            Field::Ct(key) => write!(f, "ct {key}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    Addr(IpAddr),
+    Prefix(IpNet),
+    Number(u32),
+    Range(u32, u32),
+    /// A quoted string (interface name) or a keyword (MAC address).
+    Text(String),
+    Keyword(&'static str),
+    /// A MAC address (`d0:0d:0a:1b:2c:3d`).
+    Mac(String),
+    /// `@name`: membership in a set of this table.
+    SetRef(String),
+    /// `{ a, b }` of keywords (ct states).
+    Keywords(Vec<&'static str>),
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Addr(addr) => write!(f, "{addr}"),
+            Value::Prefix(net) => write!(f, "{net}"),
+            Value::Number(n) => write!(f, "{n}"),
+            Value::Range(a, b) => write!(f, "{a}-{b}"),
+            Value::Text(text) => write!(f, "\"{text}\""),
+            Value::Keyword(word) => f.write_str(word),
+            Value::Mac(mac) => f.write_str(mac),
+            Value::SetRef(name) => write!(f, "@{name}"),
+            Value::Keywords(words) => f.write_str(&words.join(",")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatKind {
+    Dnat,
+    Snat,
+}
+
+impl NatKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NatKind::Dnat => "dnat",
+            NatKind::Snat => "snat",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpFamily {
+    V4,
+    V6,
+}
+
+impl IpFamily {
+    pub fn of(addr: &IpAddr) -> Self {
+        if addr.is_ipv4() {
+            IpFamily::V4
+        } else {
+            IpFamily::V6
+        }
+    }
+
+    /// The nft payload protocol name: `ip` or `ip6`.
+    pub fn protocol(self) -> &'static str {
+        match self {
+            IpFamily::V4 => "ip",
+            IpFamily::V6 => "ip6",
+        }
+    }
+
+    pub fn addr_type(self) -> &'static str {
+        match self {
+            IpFamily::V4 => "ipv4_addr",
+            IpFamily::V6 => "ipv6_addr",
+        }
+    }
+}
+
+/// The statements edgenet's rules are made of: a deliberately small subset
+/// of nft, each printable as nft text and convertible to nft JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stmt {
+    Match {
+        field: Field,
+        equal: bool,
+        value: Value,
+    },
+    Accept,
+    Drop,
+    Return,
+    Jump(String),
+    /// `<field> vmap @map`
+    VerdictMap {
+        field: Field,
+        map: String,
+    },
+    /// `dnat ip to ip daddr map @map` / `snat ip6 to ip6 saddr map @map`
+    NatMap {
+        kind: NatKind,
+        family: IpFamily,
+        field: Field,
+        map: String,
+    },
+    /// `dnat ip to addr[:port]`
+    Nat {
+        kind: NatKind,
+        family: IpFamily,
+        addr: IpAddr,
+        port: Option<u16>,
+    },
+}
+
+impl Stmt {
+    pub fn matches(field: Field, value: Value) -> Self {
+        Stmt::Match {
+            field,
+            equal: true,
+            value,
+        }
+    }
+
+    pub fn differs(field: Field, value: Value) -> Self {
+        Stmt::Match {
+            field,
+            equal: false,
+            value,
+        }
+    }
+}
+
+impl fmt::Display for Stmt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Stmt::Match {
+                field,
+                equal,
+                value,
+            } => {
+                let op = if *equal { "" } else { "!= " };
+                write!(f, "{field} {op}{value}")
+            }
+            Stmt::Accept => f.write_str("accept"),
+            Stmt::Drop => f.write_str("drop"),
+            Stmt::Return => f.write_str("return"),
+            Stmt::Jump(target) => write!(f, "jump {target}"),
+            Stmt::VerdictMap { field, map } => write!(f, "{field} vmap @{map}"),
+            Stmt::NatMap {
+                kind,
+                family,
+                field,
+                map,
+            } => write!(
+                f,
+                "{} {} to {field} map @{map}",
+                kind.as_str(),
+                family.protocol()
+            ),
+            Stmt::Nat {
+                kind,
+                family,
+                addr,
+                port,
+            } => {
+                write!(f, "{} {} to ", kind.as_str(), family.protocol())?;
+                match (addr, port) {
+                    (IpAddr::V6(v6), Some(port)) => write!(f, "[{v6}]:{port}"),
+                    (addr, Some(port)) => write!(f, "{addr}:{port}"),
+                    (addr, None) => write!(f, "{addr}"),
+                }
+            }
+        }
+    }
+}
+
+/// A set (no values) or a map (each element carries a value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NftSet {
+    pub key_type: &'static str,
+    pub value: SetValue,
+    /// Elements are prefixes (`flags interval`).
+    pub interval: bool,
+    /// Element key (canonical text, as the kernel prints it back) → value
+    /// (`None` for a plain set; `jump in_x`, `drop`, or an address for maps).
+    pub elements: BTreeMap<String, Option<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetValue {
+    /// A plain set.
+    None,
+    /// A verdict map: values are `jump <chain>` or `drop`.
+    Verdict,
+    /// A data map whose values are of this type (`ipv4_addr`, …).
+    Data(&'static str),
+}
+
+impl NftSet {
+    pub fn plain(key_type: &'static str, interval: bool) -> Self {
+        NftSet {
+            key_type,
+            value: SetValue::None,
+            interval,
+            elements: BTreeMap::new(),
+        }
+    }
+
+    pub fn map(key_type: &'static str, value: SetValue) -> Self {
+        NftSet {
+            key_type,
+            value,
+            interval: false,
+            elements: BTreeMap::new(),
+        }
+    }
+
+    /// Same type and flags (elements aside).
+    pub fn same_definition(&self, other: &NftSet) -> bool {
+        self.key_type == other.key_type
+            && self.value == other.value
+            && self.interval == other.interval
+    }
+
+    pub fn is_map(&self) -> bool {
+        self.value != SetValue::None
+    }
+}
+
+/// A verdict-map value that jumps to `chain`.
+pub fn jump_value(chain: &str) -> String {
+    format!("jump {chain}")
+}
+
+/// The verdict-map value that drops (an instance left out: fail closed).
+pub const DROP_VALUE: &str = "drop";
+
+/// Something the agent should know without a full read (DATAPLANE.md
+/// "Drift"): one of our routes or addresses was removed or changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriftEvent {
+    /// The object, in the form the diff prints (`route 10.2.0.0/16 ...`).
+    pub object: String,
+    pub what: DriftKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriftKind {
+    Removed,
+    Changed,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rule_hash_depends_on_chain_position_and_text() {
+        let stmts = vec![Stmt::Accept];
+        let a = NftRule::new("sg_a", 0, stmts.clone());
+        assert_eq!(a.hash, NftRule::new("sg_a", 0, stmts.clone()).hash);
+        assert_ne!(a.hash, NftRule::new("sg_b", 0, stmts.clone()).hash);
+        assert_ne!(a.hash, NftRule::new("sg_a", 1, stmts).hash);
+        assert_ne!(a.hash, NftRule::new("sg_a", 0, vec![Stmt::Drop]).hash);
+        assert_eq!(a.hash.len(), 20);
+    }
+
+    #[test]
+    fn statements_print_as_nft_text() {
+        let rule = NftRule::new(
+            "sg_web",
+            0,
+            vec![
+                Stmt::matches(
+                    Field::Payload("ip", "saddr"),
+                    Value::Prefix("10.0.0.0/8".parse().unwrap()),
+                ),
+                Stmt::matches(Field::Meta("l4proto"), Value::Number(6)),
+                Stmt::matches(Field::Payload("tcp", "dport"), Value::Range(80, 81)),
+                Stmt::Accept,
+            ],
+        );
+        assert_eq!(
+            rule.text(),
+            "ip saddr 10.0.0.0/8 meta l4proto 6 tcp dport 80-81 accept"
+        );
+        let nat = Stmt::Nat {
+            kind: NatKind::Dnat,
+            family: IpFamily::V4,
+            addr: "10.111.5.11".parse().unwrap(),
+            port: Some(8773),
+        };
+        assert_eq!(nat.to_string(), "dnat ip to 10.111.5.11:8773");
+    }
+
+    #[test]
+    fn ownership_covers_pool_on_public_interface_and_gateways_on_bridge() {
+        let owner = AddressOwnership {
+            public_interface: "eth0".into(),
+            public_pool: vec!["203.0.113.0/28".parse().unwrap()],
+            bridge: "br0".into(),
+            gateways: ["10.1.0.1".parse().unwrap()].into(),
+        };
+        let entry = |dev: &str, addr: &str| AddressEntry {
+            device: dev.into(),
+            addr: addr.parse().unwrap(),
+            prefix_len: 32,
+        };
+        assert!(owner.owns(&entry("eth0", "203.0.113.5")));
+        assert!(!owner.owns(&entry("eth0", "192.0.2.1")));
+        assert!(!owner.owns(&entry("br0", "203.0.113.5")));
+        assert!(owner.owns(&entry("br0", "10.1.0.1")));
+    }
+}

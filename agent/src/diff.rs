@@ -1,0 +1,836 @@
+//! Desired against actual: the ordered list of kernel changes, and its text
+//! and JSON forms (CLI.md).
+//!
+//! Granularity is the object the kernel lets us change alone: a route, an
+//! address, a table, a chain (rewritten whole when its rule hashes differ),
+//! a set or map, and a set or map element.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::desired::*;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    Add,
+    Change,
+    Remove,
+}
+
+impl Op {
+    fn sign(self) -> char {
+        match self {
+            Op::Add => '+',
+            Op::Change => '~',
+            Op::Remove => '-',
+        }
+    }
+}
+
+/// One kernel change, carrying what is needed to make it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    AddRoute {
+        key: RouteKey,
+        spec: RouteSpec,
+    },
+    ChangeRoute {
+        key: RouteKey,
+        old: RouteSpec,
+        new: RouteSpec,
+    },
+    RemoveRoute {
+        key: RouteKey,
+        spec: RouteSpec,
+    },
+    AddAddress(AddressEntry),
+    RemoveAddress(AddressEntry),
+    /// An empty table; its chains and sets follow as their own changes.
+    AddTable(TableId),
+    RemoveTable(TableId),
+    AddChain {
+        table: TableId,
+        name: String,
+        chain: NftChain,
+    },
+    /// The chain is flushed and its rules written anew.
+    ChangeChain {
+        table: TableId,
+        name: String,
+        old_rules: usize,
+        chain: NftChain,
+    },
+    RemoveChain {
+        table: TableId,
+        name: String,
+        rules: usize,
+    },
+    /// A set or map, without its elements (they follow as element changes).
+    AddSet {
+        table: TableId,
+        name: String,
+        set: NftSet,
+    },
+    RemoveSet {
+        table: TableId,
+        name: String,
+    },
+    AddElement {
+        table: TableId,
+        set: String,
+        key: String,
+        value: Option<String>,
+    },
+    /// A map element whose value changed: deleted and added again.
+    ChangeElement {
+        table: TableId,
+        set: String,
+        key: String,
+        old: Option<String>,
+        new: Option<String>,
+    },
+    RemoveElement {
+        table: TableId,
+        set: String,
+        key: String,
+        value: Option<String>,
+    },
+}
+
+impl Change {
+    pub fn op(&self) -> Op {
+        use Change::*;
+        match self {
+            AddRoute { .. }
+            | AddAddress(_)
+            | AddTable(_)
+            | AddChain { .. }
+            | AddSet { .. }
+            | AddElement { .. } => Op::Add,
+            ChangeRoute { .. } | ChangeChain { .. } | ChangeElement { .. } => Op::Change,
+            RemoveRoute { .. }
+            | RemoveAddress(_)
+            | RemoveTable(_)
+            | RemoveChain { .. }
+            | RemoveSet { .. }
+            | RemoveElement { .. } => Op::Remove,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        use Change::*;
+        match self {
+            AddRoute { .. } | ChangeRoute { .. } | RemoveRoute { .. } => "route",
+            AddAddress(_) | RemoveAddress(_) => "address",
+            AddTable(_) | RemoveTable(_) => "nft table",
+            AddChain { .. } | ChangeChain { .. } | RemoveChain { .. } => "nft chain",
+            AddSet { set, .. } if set.is_map() => "nft map",
+            AddSet { .. } | RemoveSet { .. } => "nft set",
+            AddElement { .. } | ChangeElement { .. } | RemoveElement { .. } => "nft element",
+        }
+    }
+
+    /// The object, without its kind: `10.2.0.0/16 via 10.1.0.254 metric 100
+    /// proto 159`, `inet edgenet sg_web`, `inet edgenet grp_lb { 10.1.0.40 }`.
+    pub fn object(&self) -> String {
+        use Change::*;
+        match self {
+            AddRoute { key, spec } | RemoveRoute { key, spec } => spec.describe(key),
+            ChangeRoute { key, .. } => route_key_text(key),
+            AddAddress(entry) | RemoveAddress(entry) => entry.to_string(),
+            AddTable(table) | RemoveTable(table) => table.to_string(),
+            AddChain { table, name, .. }
+            | ChangeChain { table, name, .. }
+            | RemoveChain { table, name, .. }
+            | AddSet { table, name, .. }
+            | RemoveSet { table, name } => format!("{table} {name}"),
+            AddElement {
+                table,
+                set,
+                key,
+                value,
+            }
+            | RemoveElement {
+                table,
+                set,
+                key,
+                value,
+            } => match value {
+                Some(value) => format!("{table} {set} {{ {key} : {value} }}"),
+                None => format!("{table} {set} {{ {key} }}"),
+            },
+            ChangeElement {
+                table, set, key, ..
+            } => format!("{table} {set} {{ {key} }}"),
+        }
+    }
+
+    /// What changes, where the object alone does not say it.
+    pub fn detail(&self) -> String {
+        use Change::*;
+        match self {
+            ChangeRoute { key, old, new } => {
+                format!(
+                    "{} -> {}",
+                    route_spec_text(key, old),
+                    route_spec_text(key, new)
+                )
+            }
+            AddChain { chain, .. } => rule_count(chain.rules.len()),
+            ChangeChain {
+                old_rules, chain, ..
+            } => format!(
+                "{} -> {}",
+                rule_count(*old_rules),
+                rule_count(chain.rules.len())
+            ),
+            RemoveChain { rules, .. } => rule_count(*rules),
+            ChangeElement { old, new, .. } => format!(
+                "{} -> {}",
+                old.as_deref().unwrap_or("-"),
+                new.as_deref().unwrap_or("-")
+            ),
+            _ => String::new(),
+        }
+    }
+
+    /// `+ nft chain inet edgenet sg_web: 3 rules`
+    pub fn line(&self) -> String {
+        let detail = self.detail();
+        let mut line = format!("{} {} {}", self.op().sign(), self.kind(), self.object());
+        if !detail.is_empty() {
+            line.push_str(": ");
+            line.push_str(&detail);
+        }
+        line
+    }
+
+    /// The object with its kind, as `status` names drifted objects.
+    pub fn named_object(&self) -> String {
+        format!("{} {}", self.kind(), self.object())
+    }
+
+    pub fn is_nft(&self) -> bool {
+        !matches!(
+            self,
+            Change::AddRoute { .. }
+                | Change::ChangeRoute { .. }
+                | Change::RemoveRoute { .. }
+                | Change::AddAddress(_)
+                | Change::RemoveAddress(_)
+        )
+    }
+}
+
+fn rule_count(n: usize) -> String {
+    if n == 1 {
+        "1 rule".to_string()
+    } else {
+        format!("{n} rules")
+    }
+}
+
+fn route_key_text(key: &RouteKey) -> String {
+    if key.table == MAIN_TABLE {
+        key.destination.to_string()
+    } else {
+        format!("{} table {}", key.destination, key.table)
+    }
+}
+
+/// A route's description without its destination.
+fn route_spec_text(key: &RouteKey, spec: &RouteSpec) -> String {
+    let full = spec.describe(key);
+    let prefix = key.destination.to_string();
+    full.strip_prefix(&prefix)
+        .unwrap_or(&full)
+        .trim_start()
+        .to_string()
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub add: usize,
+    pub change: usize,
+    pub remove: usize,
+}
+
+/// The ordered change list. Order is the diff's (routes, addresses, then
+/// nftables table by table); drivers reorder what the kernel needs ordered,
+/// and the printed forms sort by object.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChangeSet {
+    pub changes: Vec<Change>,
+}
+
+#[derive(Serialize)]
+struct JsonChange {
+    op: Op,
+    kind: &'static str,
+    object: String,
+    detail: String,
+}
+
+#[derive(Serialize)]
+struct JsonHeader<'a> {
+    node: &'a str,
+    from: Option<&'a str>,
+    to: &'a str,
+}
+
+impl ChangeSet {
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.changes.len()
+    }
+
+    pub fn counts(&self) -> Counts {
+        let mut counts = Counts::default();
+        for change in &self.changes {
+            match change.op() {
+                Op::Add => counts.add += 1,
+                Op::Change => counts.change += 1,
+                Op::Remove => counts.remove += 1,
+            }
+        }
+        counts
+    }
+
+    pub fn nft_changes(&self) -> impl Iterator<Item = &Change> {
+        self.changes.iter().filter(|c| c.is_nft())
+    }
+
+    pub fn netlink_changes(&self) -> impl Iterator<Item = &Change> {
+        self.changes.iter().filter(|c| !c.is_nft())
+    }
+
+    /// Changes in printing order: by kind and object (bytewise), then op.
+    pub fn sorted(&self) -> Vec<&Change> {
+        let mut sorted: Vec<(String, &Change)> =
+            self.changes.iter().map(|c| (c.named_object(), c)).collect();
+        sorted.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.op().cmp(&b.1.op())));
+        sorted.into_iter().map(|(_, c)| c).collect()
+    }
+
+    pub fn summary(&self, node: &str, from_id: Option<&str>, to_id: &str) -> String {
+        let counts = self.counts();
+        format!(
+            "{node}: {} -> {to_id}: {} to add, {} to change, {} to remove",
+            from_id.unwrap_or("none"),
+            counts.add,
+            counts.change,
+            counts.remove
+        )
+    }
+
+    /// CLI.md's text diff: a summary line, then one change a line, sorted.
+    pub fn render_text(&self, node: &str, from_id: Option<&str>, to_id: &str) -> String {
+        let mut text = self.summary(node, from_id, to_id);
+        text.push('\n');
+        for change in self.sorted() {
+            text.push_str(&change.line());
+            text.push('\n');
+        }
+        text
+    }
+
+    /// CLI.md's JSON diff: one JSON document, one change a line so that it
+    /// reads (and tests) like the text form.
+    pub fn render_json(&self, node: &str, from_id: Option<&str>, to_id: &str) -> String {
+        let header = serde_json::to_string(&JsonHeader {
+            node,
+            from: from_id,
+            to: to_id,
+        })
+        .expect("plain strings serialise");
+        // `{"node":..,"to":..}` → `{"node":..,"to":..,"changes":[`
+        let mut text = header[..header.len() - 1].to_string();
+        text.push_str(",\"changes\":[");
+        let sorted = self.sorted();
+        for (index, change) in sorted.iter().enumerate() {
+            let json = serde_json::to_string(&JsonChange {
+                op: change.op(),
+                kind: change.kind(),
+                object: change.object(),
+                detail: change.detail(),
+            })
+            .expect("plain strings serialise");
+            let comma = if index + 1 < sorted.len() { "," } else { "" };
+            let _ = write!(text, "\n{json}{comma}");
+        }
+        if !sorted.is_empty() {
+            text.push('\n');
+        }
+        text.push_str("]}\n");
+        text
+    }
+
+    /// Bring a cached actual state up to date after these changes were made
+    /// (all but `skipped`, which the kernel did not take).
+    pub fn apply_to(&self, state: &mut KernelState, skipped: &[Change]) {
+        for change in self.changes.iter().filter(|c| !skipped.contains(c)) {
+            apply_change(state, change);
+        }
+    }
+}
+
+fn apply_change(state: &mut KernelState, change: &Change) {
+    use Change::*;
+    match change {
+        AddRoute { key, spec } | ChangeRoute { key, new: spec, .. } => {
+            state.routes.insert(key.clone(), spec.clone());
+        }
+        RemoveRoute { key, .. } => {
+            state.routes.remove(key);
+        }
+        AddAddress(entry) => {
+            state.addresses.insert(entry.clone());
+        }
+        RemoveAddress(entry) => {
+            state.addresses.remove(entry);
+        }
+        AddTable(table) => {
+            state.tables.entry(table.clone()).or_default();
+        }
+        RemoveTable(table) => {
+            state.tables.remove(table);
+        }
+        AddChain { table, name, chain }
+        | ChangeChain {
+            table, name, chain, ..
+        } => {
+            let table = state.tables.entry(table.clone()).or_default();
+            table.chains.insert(name.clone(), chain.clone());
+        }
+        RemoveChain { table, name, .. } => {
+            if let Some(table) = state.tables.get_mut(table) {
+                table.chains.remove(name);
+            }
+        }
+        AddSet { table, name, set } => {
+            let table = state.tables.entry(table.clone()).or_default();
+            let mut set = set.clone();
+            set.elements.clear();
+            table.sets.insert(name.clone(), set);
+        }
+        RemoveSet { table, name } => {
+            if let Some(table) = state.tables.get_mut(table) {
+                table.sets.remove(name);
+            }
+        }
+        AddElement {
+            table,
+            set,
+            key,
+            value,
+        }
+        | ChangeElement {
+            table,
+            set,
+            key,
+            new: value,
+            ..
+        } => {
+            if let Some(set) = state
+                .tables
+                .get_mut(table)
+                .and_then(|t| t.sets.get_mut(set))
+            {
+                set.elements.insert(key.clone(), value.clone());
+            }
+        }
+        RemoveElement {
+            table, set, key, ..
+        } => {
+            if let Some(set) = state
+                .tables
+                .get_mut(table)
+                .and_then(|t| t.sets.get_mut(set))
+            {
+                set.elements.remove(key);
+            }
+        }
+    }
+}
+
+/// What must change for the kernel (`actual`) to become `desired`.
+///
+/// Addresses are removed only where `desired.ownership` owns them; routes
+/// and tables in `actual` are ours by construction (the read filters them).
+pub fn diff(actual: &KernelState, desired: &KernelState) -> ChangeSet {
+    let mut changes = Vec::new();
+    diff_routes(actual, desired, &mut changes);
+    diff_addresses(actual, desired, &mut changes);
+    diff_tables(actual, desired, &mut changes);
+    ChangeSet { changes }
+}
+
+fn diff_routes(actual: &KernelState, desired: &KernelState, changes: &mut Vec<Change>) {
+    for (key, spec) in &desired.routes {
+        match actual.routes.get(key) {
+            None => changes.push(Change::AddRoute {
+                key: key.clone(),
+                spec: spec.clone(),
+            }),
+            Some(old) if !spec.satisfied_by(old) => changes.push(Change::ChangeRoute {
+                key: key.clone(),
+                old: old.clone(),
+                new: spec.clone(),
+            }),
+            Some(_) => {}
+        }
+    }
+    for (key, spec) in &actual.routes {
+        if !desired.routes.contains_key(key) {
+            changes.push(Change::RemoveRoute {
+                key: key.clone(),
+                spec: spec.clone(),
+            });
+        }
+    }
+}
+
+fn diff_addresses(actual: &KernelState, desired: &KernelState, changes: &mut Vec<Change>) {
+    for entry in desired.addresses.difference(&actual.addresses) {
+        changes.push(Change::AddAddress(entry.clone()));
+    }
+    for entry in actual.addresses.difference(&desired.addresses) {
+        if desired.ownership.owns(entry) {
+            changes.push(Change::RemoveAddress(entry.clone()));
+        }
+    }
+}
+
+fn diff_tables(actual: &KernelState, desired: &KernelState, changes: &mut Vec<Change>) {
+    let empty = NftTable::default();
+    for (id, want) in &desired.tables {
+        let have = match actual.tables.get(id) {
+            Some(have) => have,
+            None => {
+                changes.push(Change::AddTable(id.clone()));
+                &empty
+            }
+        };
+        diff_sets(id, have, want, changes);
+        diff_chains(id, have, want, changes);
+    }
+    for id in actual.tables.keys() {
+        if !desired.tables.contains_key(id) {
+            changes.push(Change::RemoveTable(id.clone()));
+        }
+    }
+}
+
+fn diff_sets(id: &TableId, have: &NftTable, want: &NftTable, changes: &mut Vec<Change>) {
+    let no_elements = Default::default();
+    for (name, set) in &want.sets {
+        let existing = match have.sets.get(name) {
+            Some(old) if old.same_definition(set) => &old.elements,
+            Some(_) => {
+                // Type or flags differ: the set is made anew.
+                changes.push(Change::RemoveSet {
+                    table: id.clone(),
+                    name: name.clone(),
+                });
+                push_add_set(id, name, set, changes);
+                &no_elements
+            }
+            None => {
+                push_add_set(id, name, set, changes);
+                &no_elements
+            }
+        };
+        diff_elements(id, name, existing, &set.elements, changes);
+    }
+    for name in have.sets.keys() {
+        if !want.sets.contains_key(name) {
+            changes.push(Change::RemoveSet {
+                table: id.clone(),
+                name: name.clone(),
+            });
+        }
+    }
+}
+
+fn push_add_set(id: &TableId, name: &str, set: &NftSet, changes: &mut Vec<Change>) {
+    let mut bare = set.clone();
+    bare.elements.clear();
+    changes.push(Change::AddSet {
+        table: id.clone(),
+        name: name.to_string(),
+        set: bare,
+    });
+}
+
+type Elements = std::collections::BTreeMap<String, Option<String>>;
+
+fn diff_elements(
+    id: &TableId,
+    set: &str,
+    have: &Elements,
+    want: &Elements,
+    changes: &mut Vec<Change>,
+) {
+    for (key, value) in want {
+        match have.get(key) {
+            None => changes.push(Change::AddElement {
+                table: id.clone(),
+                set: set.to_string(),
+                key: key.clone(),
+                value: value.clone(),
+            }),
+            Some(old) if old != value => changes.push(Change::ChangeElement {
+                table: id.clone(),
+                set: set.to_string(),
+                key: key.clone(),
+                old: old.clone(),
+                new: value.clone(),
+            }),
+            Some(_) => {}
+        }
+    }
+    for (key, value) in have {
+        if !want.contains_key(key) {
+            changes.push(Change::RemoveElement {
+                table: id.clone(),
+                set: set.to_string(),
+                key: key.clone(),
+                value: value.clone(),
+            });
+        }
+    }
+}
+
+fn diff_chains(id: &TableId, have: &NftTable, want: &NftTable, changes: &mut Vec<Change>) {
+    for (name, chain) in &want.chains {
+        match have.chains.get(name) {
+            None => changes.push(Change::AddChain {
+                table: id.clone(),
+                name: name.clone(),
+                chain: chain.clone(),
+            }),
+            Some(old) if !old.same_content(chain) => changes.push(Change::ChangeChain {
+                table: id.clone(),
+                name: name.clone(),
+                old_rules: old.rules.len(),
+                chain: chain.clone(),
+            }),
+            Some(_) => {}
+        }
+    }
+    for (name, old) in &have.chains {
+        if !want.chains.contains_key(name) {
+            changes.push(Change::RemoveChain {
+                table: id.clone(),
+                name: name.clone(),
+                rules: old.rules.len(),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inet() -> TableId {
+        TableId::ours(Family::Inet)
+    }
+
+    fn accept_rules(chain: &str, n: usize) -> Vec<NftRule> {
+        (0..n)
+            .map(|i| {
+                NftRule::new(
+                    chain,
+                    i,
+                    vec![
+                        Stmt::matches(Field::Meta("l4proto"), Value::Number(i as u32)),
+                        Stmt::Accept,
+                    ],
+                )
+            })
+            .collect()
+    }
+
+    fn route(dest: &str, gateway: &str, metric: u32) -> (RouteKey, RouteSpec) {
+        (
+            RouteKey {
+                destination: dest.parse().unwrap(),
+                table: MAIN_TABLE,
+            },
+            RouteSpec {
+                gateway: Some(gateway.parse().unwrap()),
+                device: None,
+                metric: Some(metric),
+                protocol: 159,
+            },
+        )
+    }
+
+    fn address(dev: &str, addr: &str, len: u8) -> AddressEntry {
+        AddressEntry {
+            device: dev.into(),
+            addr: addr.parse().unwrap(),
+            prefix_len: len,
+        }
+    }
+
+    /// The states behind the fixture: 3 adds, 1 change, 2 removes.
+    fn fixture() -> (KernelState, KernelState) {
+        let mut actual = KernelState::default();
+        let mut desired = KernelState {
+            ownership: AddressOwnership {
+                public_interface: "eth0".into(),
+                public_pool: vec!["203.0.113.0/28".parse().unwrap()],
+                bridge: "br0".into(),
+                gateways: Default::default(),
+            },
+            ..Default::default()
+        };
+        let (key, spec) = route("10.2.0.0/16", "10.1.0.254", 100);
+        actual.routes.insert(key, spec);
+        // Foreign address (outside the pool): never removed.
+        actual.addresses.insert(address("eth0", "192.0.2.10", 24));
+        actual.addresses.insert(address("eth0", "203.0.113.9", 32));
+        desired.addresses.insert(address("eth0", "203.0.113.5", 32));
+        let mut have = NftTable::default();
+        have.chains.insert(
+            "sg_sg-web".into(),
+            NftChain::regular(accept_rules("sg_sg-web", 3)),
+        );
+        let mut want = NftTable::default();
+        want.chains.insert(
+            "sg_sg-web".into(),
+            NftChain::regular(accept_rules("sg_sg-web", 4)),
+        );
+        have.sets
+            .insert("grp_sg-lb".into(), NftSet::plain("ipv4_addr", false));
+        let mut group = NftSet::plain("ipv4_addr", false);
+        group.elements.insert("10.1.0.40".into(), None);
+        want.sets.insert("grp_sg-lb".into(), group);
+        let mut instances = NftSet::map("ipv4_addr", SetValue::Verdict);
+        instances
+            .elements
+            .insert("10.1.0.33".into(), Some(jump_value("in_i-1")));
+        have.sets.insert("instances".into(), instances.clone());
+        instances.elements.clear();
+        instances
+            .elements
+            .insert("10.1.0.51".into(), Some(jump_value("in_i-2")));
+        want.sets.insert("instances".into(), instances);
+        actual.tables.insert(inet(), have);
+        desired.tables.insert(inet(), want);
+        (actual, desired)
+    }
+
+    const TEXT_FIXTURE: &str = "\
+nc-1: v1-3f2a -> v1-9c1d: 3 to add, 1 to change, 3 to remove
++ address 203.0.113.5/32 dev eth0
+- address 203.0.113.9/32 dev eth0
+~ nft chain inet edgenet sg_sg-web: 3 rules -> 4 rules
++ nft element inet edgenet grp_sg-lb { 10.1.0.40 }
+- nft element inet edgenet instances { 10.1.0.33 : jump in_i-1 }
++ nft element inet edgenet instances { 10.1.0.51 : jump in_i-2 }
+- route 10.2.0.0/16 via 10.1.0.254 metric 100 proto 159
+";
+
+    const JSON_FIXTURE: &str = r#"{"node":"nc-1","from":"v1-3f2a","to":"v1-9c1d","changes":[
+{"op":"add","kind":"address","object":"203.0.113.5/32 dev eth0","detail":""},
+{"op":"remove","kind":"address","object":"203.0.113.9/32 dev eth0","detail":""},
+{"op":"change","kind":"nft chain","object":"inet edgenet sg_sg-web","detail":"3 rules -> 4 rules"},
+{"op":"add","kind":"nft element","object":"inet edgenet grp_sg-lb { 10.1.0.40 }","detail":""},
+{"op":"remove","kind":"nft element","object":"inet edgenet instances { 10.1.0.33 : jump in_i-1 }","detail":""},
+{"op":"add","kind":"nft element","object":"inet edgenet instances { 10.1.0.51 : jump in_i-2 }","detail":""},
+{"op":"remove","kind":"route","object":"10.2.0.0/16 via 10.1.0.254 metric 100 proto 159","detail":""}
+]}
+"#;
+
+    fn assert_lines(got: &str, want: &str) {
+        let got: Vec<&str> = got.lines().collect();
+        let want: Vec<&str> = want.lines().collect();
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g, w, "line {}", i + 1);
+        }
+        assert_eq!(got.len(), want.len(), "number of lines");
+    }
+
+    #[test]
+    fn text_diff_matches_fixture_line_by_line() {
+        let (actual, desired) = fixture();
+        let changes = diff(&actual, &desired);
+        let text = changes.render_text("nc-1", Some("v1-3f2a"), "v1-9c1d");
+        assert_lines(&text, TEXT_FIXTURE);
+    }
+
+    #[test]
+    fn json_diff_matches_fixture_line_by_line_and_parses() {
+        let (actual, desired) = fixture();
+        let changes = diff(&actual, &desired);
+        let json = changes.render_json("nc-1", Some("v1-3f2a"), "v1-9c1d");
+        assert_lines(&json, JSON_FIXTURE);
+        let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(parsed["changes"].as_array().unwrap().len(), 7);
+        assert_eq!(parsed["from"], "v1-3f2a");
+    }
+
+    #[test]
+    fn empty_diff_has_summary_only_and_null_from() {
+        let changes = ChangeSet::default();
+        assert_eq!(
+            changes.render_text("nc-1", None, "v1-9c1d"),
+            "nc-1: none -> v1-9c1d: 0 to add, 0 to change, 0 to remove\n"
+        );
+        assert_eq!(
+            changes.render_json("nc-1", None, "v1-9c1d"),
+            "{\"node\":\"nc-1\",\"from\":null,\"to\":\"v1-9c1d\",\"changes\":[]}\n"
+        );
+    }
+
+    #[test]
+    fn applying_the_changes_to_actual_leaves_nothing_to_do() {
+        let (mut actual, desired) = fixture();
+        let changes = diff(&actual, &desired);
+        changes.apply_to(&mut actual, &[]);
+        assert!(diff(&actual, &desired).is_empty());
+        // The foreign address is still there.
+        assert!(actual
+            .addresses
+            .contains(&address("eth0", "192.0.2.10", 24)));
+    }
+
+    #[test]
+    fn route_fields_the_view_leaves_open_are_no_drift() {
+        let (key, mut want) = route("10.2.0.0/16", "10.1.0.254", 100);
+        want.metric = None;
+        let mut have = want.clone();
+        have.metric = Some(0);
+        have.device = Some("eth0".into());
+        let mut actual = KernelState::default();
+        actual.routes.insert(key.clone(), have);
+        let mut desired = KernelState::default();
+        desired.routes.insert(key.clone(), want.clone());
+        assert!(diff(&actual, &desired).is_empty());
+        want.gateway = Some("10.1.0.253".parse().unwrap());
+        desired.routes.insert(key, want);
+        let changes = diff(&actual, &desired);
+        assert_eq!(
+            changes.changes[0].line(),
+            "~ route 10.2.0.0/16: via 10.1.0.254 dev eth0 metric 0 proto 159 -> via 10.1.0.253 proto 159"
+        );
+    }
+
+    #[test]
+    fn missing_table_is_added_with_all_its_content() {
+        let (_, desired) = fixture();
+        let changes = diff(&KernelState::default(), &desired);
+        let lines: Vec<String> = changes.changes.iter().map(|c| c.line()).collect();
+        assert!(lines.contains(&"+ nft table inet edgenet".to_string()));
+        assert!(lines.contains(&"+ nft chain inet edgenet sg_sg-web: 4 rules".to_string()));
+        assert!(lines.contains(&"+ nft map inet edgenet instances".to_string()));
+    }
+}

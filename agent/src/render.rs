@@ -1,0 +1,1175 @@
+//! From a node view to the kernel state it asks for (DATAPLANE.md).
+//!
+//! `render` is pure and total: it parses every address itself, leaves out
+//! whatever it cannot understand, says why in `left_out`, and renders the
+//! rest. An instance that is left out gets no access (its private IP, when
+//! readable, maps to `drop`), so a bad entity fails closed for itself only.
+//!
+//! Layout of `table inet edgenet` (fixed skeleton, only members vary):
+//! - sets `grp_<g>` / `grp6_<g>`: members of a group named by a rule;
+//! - maps `instances` / `instances6`: private IP → `jump in_<id>` (or `drop`);
+//! - maps `dnat4` / `dnat6`: public IP → private IP; `snat4` / `snat6`: the
+//!   reverse; sets `subnets4` / `subnets6`: every subnet (SNAT only leaves them);
+//! - base chains `forward`, `nat_prerouting`, `nat_output`, `nat_postrouting`;
+//! - chains `sg_<g>`, `in_<id>`, and `state` (holds the applied state id).
+//!
+//! NAT goes through maps rather than one rule per public IP so that adding an
+//! instance is two element writes, whatever the number of instances.
+//!
+//! `table bridge edgenet`: map `ports` (interface → `jump port_<id>`) from
+//! base chain `prerouting`, and per port the anti-spoofing chain `port_<id>`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+
+use edgenet_model::{Instance, IpProtocol, NodeView, Rule, SecurityGroup};
+use ipnet::IpNet;
+
+use crate::desired::*;
+
+/// Knobs that come from the agent's configuration, not from the view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderSettings {
+    pub route_protocol: u8,
+    pub route_table: u32,
+}
+
+impl Default for RenderSettings {
+    fn default() -> Self {
+        RenderSettings {
+            route_protocol: DEFAULT_ROUTE_PROTOCOL,
+            route_table: MAIN_TABLE,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    pub desired: KernelState,
+    /// One line per entity left out: `instances[i-1].private_ip: ...`.
+    pub left_out: Vec<String>,
+}
+
+pub const FORWARD_CHAIN: &str = "forward";
+pub const NAT_PREROUTING_CHAIN: &str = "nat_prerouting";
+pub const NAT_OUTPUT_CHAIN: &str = "nat_output";
+pub const NAT_POSTROUTING_CHAIN: &str = "nat_postrouting";
+pub const BRIDGE_PREROUTING_CHAIN: &str = "prerouting";
+pub const PORTS_MAP: &str = "ports";
+
+pub fn group_set_name(group: &str, family: IpFamily) -> String {
+    match family {
+        IpFamily::V4 => format!("grp_{group}"),
+        IpFamily::V6 => format!("grp6_{group}"),
+    }
+}
+pub fn sg_chain_name(group: &str) -> String {
+    format!("sg_{group}")
+}
+pub fn instance_chain_name(instance: &str) -> String {
+    format!("in_{instance}")
+}
+pub fn port_chain_name(instance: &str) -> String {
+    format!("port_{instance}")
+}
+fn per_family(base: &str, family: IpFamily) -> String {
+    match family {
+        IpFamily::V4 => format!("{base}4"),
+        IpFamily::V6 => format!("{base}6"),
+    }
+}
+pub fn instances_map_name(family: IpFamily) -> String {
+    match family {
+        IpFamily::V4 => "instances".to_string(),
+        IpFamily::V6 => "instances6".to_string(),
+    }
+}
+
+const FAMILIES: [IpFamily; 2] = [IpFamily::V4, IpFamily::V6];
+
+/// Render `view` into the kernel state it asks for.
+pub fn render(view: &NodeView, settings: &RenderSettings) -> Rendered {
+    let mut r = Renderer::new(view, settings);
+    r.render_all();
+    Rendered {
+        desired: r.state,
+        left_out: r.left_out,
+    }
+}
+
+struct Renderer<'a> {
+    view: &'a NodeView,
+    settings: &'a RenderSettings,
+    state: KernelState,
+    left_out: Vec<String>,
+    inet: NftTable,
+    bridge: NftTable,
+    public_pool: Vec<IpNet>,
+    subnets: BTreeMap<&'a str, ParsedSubnet>,
+}
+
+#[derive(Clone, Copy)]
+struct ParsedSubnet {
+    cidr: IpNet,
+    gateway: Option<IpAddr>,
+}
+
+struct ParsedInstance<'a> {
+    instance: &'a Instance,
+    private_ip: IpAddr,
+    public_ip: Option<IpAddr>,
+    mac: String,
+    subnet: ParsedSubnet,
+}
+
+impl<'a> Renderer<'a> {
+    fn new(view: &'a NodeView, settings: &'a RenderSettings) -> Self {
+        Renderer {
+            view,
+            settings,
+            state: KernelState::default(),
+            left_out: Vec::new(),
+            inet: NftTable::default(),
+            bridge: NftTable::default(),
+            public_pool: Vec::new(),
+            subnets: BTreeMap::new(),
+        }
+    }
+
+    fn leave_out(&mut self, what: String) {
+        self.left_out.push(what);
+    }
+
+    fn render_all(&mut self) {
+        self.parse_public_pool();
+        self.parse_subnets();
+        self.add_skeleton();
+        self.render_metadata();
+        let instances = self.parse_instances();
+        let used_groups = self.render_instances(&instances);
+        self.render_security_groups(&used_groups);
+        self.render_addresses(&instances);
+        self.render_routes();
+        self.state.ownership = AddressOwnership {
+            public_interface: self.view.node.public_interface.clone(),
+            public_pool: self.public_pool.clone(),
+            bridge: self.view.node.bridge.clone(),
+            gateways: self.subnets.values().filter_map(|s| s.gateway).collect(),
+        };
+        let inet = std::mem::take(&mut self.inet);
+        let bridge = std::mem::take(&mut self.bridge);
+        self.state.tables.insert(TableId::ours(Family::Inet), inet);
+        self.state
+            .tables
+            .insert(TableId::ours(Family::Bridge), bridge);
+    }
+
+    fn parse_public_pool(&mut self) {
+        for (index, text) in self.view.public_ips.iter().enumerate() {
+            match parse_net_or_addr(text) {
+                Some(net) => self.public_pool.push(net),
+                None => self.leave_out(format!(
+                    "public_ips[{index}]: not an address or CIDR: {text:?}"
+                )),
+            }
+        }
+    }
+
+    fn parse_subnets(&mut self) {
+        for subnet in &self.view.subnets {
+            let Some(cidr) = parse_network(&subnet.cidr) else {
+                self.leave_out(format!(
+                    "subnets[{}].cidr: not a network CIDR: {:?}",
+                    subnet.id, subnet.cidr
+                ));
+                continue;
+            };
+            let gateway = match &subnet.gateway {
+                None => None,
+                Some(text) => match text.parse::<IpAddr>() {
+                    Ok(gw) if cidr.contains(&gw) => Some(gw),
+                    _ => {
+                        self.leave_out(format!(
+                            "subnets[{}].gateway: not an address inside {cidr}: {text:?}",
+                            subnet.id
+                        ));
+                        continue;
+                    }
+                },
+            };
+            let set = per_family("subnets", family_of_net(&cidr));
+            if let Some(set) = self.inet.sets.get_mut(&set) {
+                set.elements.insert(cidr.to_string(), None);
+            }
+            self.subnets
+                .insert(subnet.id.as_str(), ParsedSubnet { cidr, gateway });
+        }
+    }
+
+    /// Chains, sets and maps that exist whatever the view holds.
+    fn add_skeleton(&mut self) {
+        for family in FAMILIES {
+            let addr = family.addr_type();
+            self.inet.sets.insert(
+                instances_map_name(family),
+                NftSet::map(addr, SetValue::Verdict),
+            );
+            for nat in ["dnat", "snat"] {
+                self.inet.sets.insert(
+                    per_family(nat, family),
+                    NftSet::map(addr, SetValue::Data(addr)),
+                );
+            }
+            self.inet
+                .sets
+                .insert(per_family("subnets", family), NftSet::plain(addr, true));
+        }
+        // Subnets were parsed before the skeleton existed; add them now.
+        for subnet in self.subnets.values() {
+            let set = per_family("subnets", family_of_net(&subnet.cidr));
+            if let Some(set) = self.inet.sets.get_mut(&set) {
+                set.elements.insert(subnet.cidr.to_string(), None);
+            }
+        }
+        self.add_forward_chain();
+        self.add_nat_chains();
+        self.add_bridge_skeleton();
+    }
+
+    fn add_forward_chain(&mut self) {
+        let mut stmts = vec![
+            vec![
+                Stmt::matches(
+                    Field::Ct("state"),
+                    Value::Keywords(vec!["established", "related"]),
+                ),
+                Stmt::Accept,
+            ],
+            vec![
+                Stmt::matches(Field::Ct("state"), Value::Keywords(vec!["invalid"])),
+                Stmt::Drop,
+            ],
+        ];
+        for family in FAMILIES {
+            stmts.push(vec![Stmt::VerdictMap {
+                field: Field::Payload(family.protocol(), "daddr"),
+                map: instances_map_name(family),
+            }]);
+        }
+        let base = BaseChain {
+            chain_type: ChainType::Filter,
+            hook: Hook::Forward,
+            priority: 0,
+            policy_accept: true,
+        };
+        insert_chain(&mut self.inet, FORWARD_CHAIN, Some(base), stmts);
+    }
+
+    fn add_nat_chains(&mut self) {
+        let dnat_rules = || {
+            FAMILIES
+                .iter()
+                .map(|&family| {
+                    vec![Stmt::NatMap {
+                        kind: NatKind::Dnat,
+                        family,
+                        field: Field::Payload(family.protocol(), "daddr"),
+                        map: per_family("dnat", family),
+                    }]
+                })
+                .collect::<Vec<_>>()
+        };
+        let nat_base = |hook, priority| BaseChain {
+            chain_type: ChainType::Nat,
+            hook,
+            priority,
+            policy_accept: true,
+        };
+        // The metadata rule is prepended to nat_prerouting by render_metadata.
+        insert_chain(
+            &mut self.inet,
+            NAT_PREROUTING_CHAIN,
+            Some(nat_base(Hook::Prerouting, -100)),
+            dnat_rules(),
+        );
+        insert_chain(
+            &mut self.inet,
+            NAT_OUTPUT_CHAIN,
+            Some(nat_base(Hook::Output, -100)),
+            dnat_rules(),
+        );
+        let snat_rules = FAMILIES
+            .iter()
+            .map(|&family| {
+                vec![
+                    Stmt::differs(
+                        Field::Payload(family.protocol(), "daddr"),
+                        Value::SetRef(per_family("subnets", family)),
+                    ),
+                    Stmt::NatMap {
+                        kind: NatKind::Snat,
+                        family,
+                        field: Field::Payload(family.protocol(), "saddr"),
+                        map: per_family("snat", family),
+                    },
+                ]
+            })
+            .collect();
+        insert_chain(
+            &mut self.inet,
+            NAT_POSTROUTING_CHAIN,
+            Some(nat_base(Hook::Postrouting, 100)),
+            snat_rules,
+        );
+    }
+
+    fn add_bridge_skeleton(&mut self) {
+        self.bridge.sets.insert(
+            PORTS_MAP.to_string(),
+            NftSet::map("ifname", SetValue::Verdict),
+        );
+        let base = BaseChain {
+            chain_type: ChainType::Filter,
+            hook: Hook::Prerouting,
+            priority: -200,
+            policy_accept: true,
+        };
+        let rules = vec![vec![Stmt::VerdictMap {
+            field: Field::Meta("iifname"),
+            map: PORTS_MAP.to_string(),
+        }]];
+        insert_chain(&mut self.bridge, BRIDGE_PREROUTING_CHAIN, Some(base), rules);
+    }
+
+    fn render_metadata(&mut self) {
+        let Some(meta) = &self.view.metadata else {
+            return;
+        };
+        let ip = meta.ip.parse::<IpAddr>();
+        let target = meta.target_ip.parse::<IpAddr>();
+        let port = u16::try_from(meta.port).ok().filter(|p| *p != 0);
+        let target_port = u16::try_from(meta.target_port).ok().filter(|p| *p != 0);
+        let (Ok(ip), Ok(target), Some(port), Some(target_port)) = (ip, target, port, target_port)
+        else {
+            self.leave_out(format!(
+                "metadata: not a valid ip:port -> target_ip:target_port: {}:{} -> {}:{}",
+                meta.ip, meta.port, meta.target_ip, meta.target_port
+            ));
+            return;
+        };
+        if ip.is_ipv4() != target.is_ipv4() {
+            self.leave_out("metadata.target_ip: address family differs from metadata.ip".into());
+            return;
+        }
+        let family = IpFamily::of(&ip);
+        let stmts = vec![
+            Stmt::matches(Field::Payload(family.protocol(), "daddr"), Value::Addr(ip)),
+            Stmt::matches(Field::Meta("l4proto"), Value::Number(6)),
+            Stmt::matches(Field::Payload("tcp", "dport"), Value::Number(port.into())),
+            Stmt::Nat {
+                kind: NatKind::Dnat,
+                family,
+                addr: target,
+                port: Some(target_port),
+            },
+        ];
+        let chain = self
+            .inet
+            .chains
+            .get_mut(NAT_PREROUTING_CHAIN)
+            .expect("skeleton has nat_prerouting");
+        let mut all: Vec<Vec<Stmt>> = vec![stmts];
+        all.extend(chain.rules.drain(..).map(|r| r.statements));
+        chain.rules = number_rules(NAT_PREROUTING_CHAIN, all);
+    }
+
+    /// Parse each instance; report and skip (fail closed) what is invalid.
+    fn parse_instances(&mut self) -> Vec<ParsedInstance<'a>> {
+        let mut parsed = Vec::new();
+        let mut seen_ids = BTreeSet::new();
+        let mut seen_private = BTreeSet::new();
+        let mut seen_public = BTreeSet::new();
+        let mut seen_interfaces = BTreeSet::new();
+        let mut seen_macs = BTreeSet::new();
+        for instance in &self.view.instances {
+            match self.parse_instance(instance) {
+                Ok(p) => {
+                    let duplicate = if !seen_ids.insert(instance.id.as_str()) {
+                        Some("id: duplicate")
+                    } else if !seen_private.insert(p.private_ip) {
+                        Some("private_ip: duplicate")
+                    } else if p.public_ip.is_some_and(|ip| !seen_public.insert(ip)) {
+                        Some("public_ip: duplicate")
+                    } else if !seen_interfaces.insert(instance.interface.as_str()) {
+                        Some("interface: duplicate")
+                    } else if !seen_macs.insert(p.mac.clone()) {
+                        Some("mac: duplicate")
+                    } else {
+                        None
+                    };
+                    match duplicate {
+                        Some(why) => {
+                            self.leave_out(format!("instances[{}].{why}", instance.id));
+                        }
+                        None => parsed.push(p),
+                    }
+                }
+                Err(why) => {
+                    self.leave_out(format!("instances[{}].{why}", instance.id));
+                    self.fail_closed(instance, &seen_private);
+                }
+            }
+        }
+        parsed
+    }
+
+    /// An instance we could not render still gets its private IP mapped to
+    /// `drop`, so nothing reaches it until its entity is fixed.
+    fn fail_closed(&mut self, instance: &Instance, taken: &BTreeSet<IpAddr>) {
+        let Ok(ip) = instance.private_ip.parse::<IpAddr>() else {
+            return;
+        };
+        if taken.contains(&ip) {
+            return;
+        }
+        let map = instances_map_name(IpFamily::of(&ip));
+        if let Some(set) = self.inet.sets.get_mut(&map) {
+            set.elements
+                .insert(ip.to_string(), Some(DROP_VALUE.to_string()));
+        }
+    }
+
+    fn parse_instance(&self, instance: &'a Instance) -> Result<ParsedInstance<'a>, String> {
+        if !valid_id(&instance.id) {
+            return Err(format!("id: not a valid id: {:?}", instance.id));
+        }
+        let private_ip = instance
+            .private_ip
+            .parse::<IpAddr>()
+            .map_err(|_| format!("private_ip: not an IP address: {:?}", instance.private_ip))?;
+        let subnet = *self
+            .subnets
+            .get(instance.subnet.as_str())
+            .ok_or_else(|| format!("subnet: unknown or invalid subnet {:?}", instance.subnet))?;
+        if !subnet.cidr.contains(&private_ip) {
+            return Err(format!(
+                "private_ip: not inside subnet {} {}",
+                instance.subnet, subnet.cidr
+            ));
+        }
+        let public_ip = match &instance.public_ip {
+            None => None,
+            Some(text) => {
+                let ip = text
+                    .parse::<IpAddr>()
+                    .map_err(|_| format!("public_ip: not an IP address: {text:?}"))?;
+                if !self.public_pool.iter().any(|pool| pool.contains(&ip)) {
+                    return Err(format!("public_ip: not inside public_ips: {ip}"));
+                }
+                if ip.is_ipv4() != private_ip.is_ipv4() {
+                    return Err("public_ip: address family differs from private_ip".into());
+                }
+                Some(ip)
+            }
+        };
+        if !valid_interface(&instance.interface) {
+            return Err(format!(
+                "interface: not a Linux interface name: {:?}",
+                instance.interface
+            ));
+        }
+        let mac = parse_unicast_mac(&instance.mac)
+            .ok_or_else(|| format!("mac: not a unicast MAC address: {:?}", instance.mac))?;
+        Ok(ParsedInstance {
+            instance,
+            private_ip,
+            public_ip,
+            mac,
+            subnet,
+        })
+    }
+
+    /// Instance chains, map elements, NAT and anti-spoofing. Returns the
+    /// security groups the instances use.
+    fn render_instances(&mut self, instances: &[ParsedInstance<'a>]) -> BTreeSet<&'a str> {
+        let groups: BTreeMap<&str, &SecurityGroup> = self
+            .view
+            .security_groups
+            .iter()
+            .map(|g| (g.id.as_str(), g))
+            .collect();
+        let mut used = BTreeSet::new();
+        for p in instances {
+            let chain = instance_chain_name(&p.instance.id);
+            let mut rules = Vec::new();
+            for group in p.instance.security_groups() {
+                if !groups.contains_key(group.as_str()) || !valid_id(group) {
+                    self.leave_out(format!(
+                        "instances[{}].security_groups: unknown group {group:?} (no access from it)",
+                        p.instance.id
+                    ));
+                    continue;
+                }
+                used.insert(group.as_str());
+                rules.push(vec![Stmt::Jump(sg_chain_name(group))]);
+            }
+            rules.push(vec![Stmt::Drop]);
+            insert_chain(&mut self.inet, &chain, None, rules);
+            let family = IpFamily::of(&p.private_ip);
+            self.insert_element(
+                &instances_map_name(family),
+                p.private_ip.to_string(),
+                Some(jump_value(&chain)),
+            );
+            if let Some(public) = p.public_ip {
+                self.insert_element(
+                    &per_family("dnat", family),
+                    public.to_string(),
+                    Some(p.private_ip.to_string()),
+                );
+                self.insert_element(
+                    &per_family("snat", family),
+                    p.private_ip.to_string(),
+                    Some(public.to_string()),
+                );
+            }
+            self.render_port(p);
+        }
+        used
+    }
+
+    fn insert_element(&mut self, set: &str, key: String, value: Option<String>) {
+        if let Some(set) = self.inet.sets.get_mut(set) {
+            set.elements.insert(key, value);
+        }
+    }
+
+    /// Anti-spoofing on the instance's port: its MAC, its IP (DHCP from
+    /// 0.0.0.0 excepted), and ARP that claims only its own MAC and IP.
+    fn render_port(&mut self, p: &ParsedInstance<'_>) {
+        let chain = port_chain_name(&p.instance.id);
+        let mac = Value::Mac(p.mac.clone());
+        let mut rules = vec![vec![
+            Stmt::differs(Field::Payload("ether", "saddr"), mac.clone()),
+            Stmt::Drop,
+        ]];
+        match p.private_ip {
+            IpAddr::V4(ip) => {
+                rules.push(vec![
+                    Stmt::differs(Field::Payload("arp", "saddr ether"), mac),
+                    Stmt::Drop,
+                ]);
+                rules.push(vec![
+                    Stmt::differs(Field::Payload("arp", "saddr ip"), Value::Addr(ip.into())),
+                    Stmt::Drop,
+                ]);
+                rules.push(vec![
+                    Stmt::matches(
+                        Field::Payload("ip", "saddr"),
+                        Value::Addr(Ipv4Addr::UNSPECIFIED.into()),
+                    ),
+                    Stmt::matches(Field::Payload("udp", "dport"), Value::Number(67)),
+                    Stmt::Return,
+                ]);
+                rules.push(vec![
+                    Stmt::differs(Field::Payload("ip", "saddr"), Value::Addr(ip.into())),
+                    Stmt::Drop,
+                ]);
+            }
+            IpAddr::V6(ip) => {
+                // Link-local and unspecified sources are needed for
+                // neighbour discovery and DAD.
+                rules.push(vec![
+                    Stmt::differs(Field::Payload("ip6", "saddr"), Value::Addr(ip.into())),
+                    Stmt::differs(
+                        Field::Payload("ip6", "saddr"),
+                        Value::Prefix("fe80::/10".parse().expect("constant")),
+                    ),
+                    Stmt::differs(
+                        Field::Payload("ip6", "saddr"),
+                        Value::Addr("::".parse().expect("constant")),
+                    ),
+                    Stmt::Drop,
+                ]);
+            }
+        }
+        insert_chain(&mut self.bridge, &chain, None, rules);
+        if let Some(ports) = self.bridge.sets.get_mut(PORTS_MAP) {
+            ports
+                .elements
+                .insert(p.instance.interface.clone(), Some(jump_value(&chain)));
+        }
+    }
+
+    fn render_security_groups(&mut self, used: &BTreeSet<&'a str>) {
+        let view = self.view;
+        for group in view
+            .security_groups
+            .iter()
+            .filter(|g| used.contains(g.id.as_str()))
+        {
+            let mut rules = Vec::new();
+            for (index, rule) in group.ingress().iter().enumerate() {
+                match self.render_rule(rule) {
+                    Ok(rendered) => rules.extend(rendered),
+                    Err(why) => self.leave_out(format!(
+                        "security_groups[{}].ingress[{index}].{why} (rule left out)",
+                        group.id
+                    )),
+                }
+            }
+            insert_chain(&mut self.inet, &sg_chain_name(&group.id), None, rules);
+        }
+    }
+
+    /// One model rule becomes one nft rule per address family it covers
+    /// (a group reference covers both: its members may be of either).
+    fn render_rule(&mut self, rule: &Rule) -> Result<Vec<Vec<Stmt>>, String> {
+        let protocol = rule
+            .protocol
+            .parse()
+            .ok_or_else(|| format!("protocol: not a protocol: {}", rule.protocol))?;
+        let l4 = l4_matches(rule, protocol)?;
+        let sources: Vec<(IpFamily, Option<Stmt>)> = match (&rule.cidr, &rule.group) {
+            (Some(cidr), None) => {
+                let net =
+                    parse_net_or_addr(cidr).ok_or_else(|| format!("cidr: not a CIDR: {cidr:?}"))?;
+                let family = family_of_net(&net);
+                let matcher = (net.prefix_len() != 0).then(|| {
+                    Stmt::matches(
+                        Field::Payload(family.protocol(), "saddr"),
+                        Value::Prefix(net),
+                    )
+                });
+                // A /0 matches the whole family: `meta nfproto`.
+                let matcher = matcher.unwrap_or_else(|| {
+                    Stmt::matches(
+                        Field::Meta("nfproto"),
+                        Value::Keyword(match family {
+                            IpFamily::V4 => "ipv4",
+                            IpFamily::V6 => "ipv6",
+                        }),
+                    )
+                });
+                vec![(family, Some(matcher))]
+            }
+            (None, Some(group)) => {
+                if !valid_id(group) {
+                    return Err(format!("group: not a valid id: {group:?}"));
+                }
+                self.ensure_group_sets(group);
+                FAMILIES
+                    .iter()
+                    .map(|&family| {
+                        let set = group_set_name(group, family);
+                        let matcher = Stmt::matches(
+                            Field::Payload(family.protocol(), "saddr"),
+                            Value::SetRef(set),
+                        );
+                        (family, Some(matcher))
+                    })
+                    .collect()
+            }
+            _ => return Err("cidr: a rule needs exactly one of cidr and group".into()),
+        };
+        Ok(sources
+            .into_iter()
+            .map(|(family, source)| {
+                let mut stmts: Vec<Stmt> = source.into_iter().collect();
+                stmts.extend(l4.for_family(family));
+                stmts.push(Stmt::Accept);
+                stmts
+            })
+            .collect())
+    }
+
+    fn ensure_group_sets(&mut self, group: &str) {
+        let v4 = group_set_name(group, IpFamily::V4);
+        if self.inet.sets.contains_key(&v4) {
+            return;
+        }
+        let mut sets = [
+            NftSet::plain(IpFamily::V4.addr_type(), false),
+            NftSet::plain(IpFamily::V6.addr_type(), false),
+        ];
+        let members = self.view.group_members.get(group);
+        for (index, text) in members.into_iter().flatten().enumerate() {
+            match text.parse::<IpAddr>() {
+                Ok(ip) => {
+                    let which = usize::from(ip.is_ipv6());
+                    sets[which].elements.insert(ip.to_string(), None);
+                }
+                Err(_) => self.leave_out(format!(
+                    "group_members[{group}][{index}]: not an IP address: {text:?}"
+                )),
+            }
+        }
+        let [set4, set6] = sets;
+        self.inet.sets.insert(v4, set4);
+        self.inet
+            .sets
+            .insert(group_set_name(group, IpFamily::V6), set6);
+    }
+
+    fn render_addresses(&mut self, instances: &[ParsedInstance<'_>]) {
+        let node = &self.view.node;
+        let public_ok = valid_interface(&node.public_interface);
+        let bridge_ok = valid_interface(&node.bridge);
+        if !public_ok {
+            self.leave_out(format!(
+                "node.public_interface: not a Linux interface name: {:?}",
+                node.public_interface
+            ));
+        }
+        if !bridge_ok && node.gateway_on_bridge() {
+            self.leave_out(format!(
+                "node.bridge: not a Linux interface name: {:?}",
+                node.bridge
+            ));
+        }
+        for p in instances {
+            if let (Some(public), true) = (p.public_ip, public_ok) {
+                self.state.addresses.insert(AddressEntry {
+                    device: node.public_interface.clone(),
+                    addr: public,
+                    prefix_len: host_prefix(&public),
+                });
+            }
+            if let (Some(gateway), true, true) =
+                (p.subnet.gateway, node.gateway_on_bridge(), bridge_ok)
+            {
+                self.state.addresses.insert(AddressEntry {
+                    device: node.bridge.clone(),
+                    addr: gateway,
+                    prefix_len: p.subnet.cidr.prefix_len(),
+                });
+            }
+        }
+    }
+
+    fn render_routes(&mut self) {
+        for route in &self.view.routes {
+            if !route.applies_to(&self.view.node.id) {
+                continue;
+            }
+            let name = format!("routes[{}]", route.destination);
+            let Some(destination) = parse_network(&route.destination) else {
+                self.leave_out(format!("{name}.destination: not a network CIDR"));
+                continue;
+            };
+            let gateway = match &route.gateway {
+                None => None,
+                Some(text) => match text.parse::<IpAddr>() {
+                    Ok(gw) if gw.is_ipv4() == destination.addr().is_ipv4() => Some(gw),
+                    _ => {
+                        self.leave_out(format!(
+                            "{name}.gateway: not an address of the destination's family: {text:?}"
+                        ));
+                        continue;
+                    }
+                },
+            };
+            if let Some(device) = &route.device {
+                if !valid_interface(device) {
+                    self.leave_out(format!(
+                        "{name}.device: not a Linux interface name: {device:?}"
+                    ));
+                    continue;
+                }
+            }
+            if gateway.is_none() && route.device.is_none() {
+                self.leave_out(format!("{name}: needs a gateway or a device"));
+                continue;
+            }
+            let metric = match route.metric.map(u32::try_from) {
+                None => None,
+                Some(Ok(metric)) => Some(metric),
+                Some(Err(_)) => {
+                    self.leave_out(format!("{name}.metric: out of range"));
+                    continue;
+                }
+            };
+            let key = RouteKey {
+                destination,
+                table: self.settings.route_table,
+            };
+            if self.state.routes.contains_key(&key) {
+                self.leave_out(format!("{name}: duplicate destination"));
+                continue;
+            }
+            let spec = RouteSpec {
+                gateway,
+                device: route.device.clone(),
+                metric,
+                protocol: self.settings.route_protocol,
+            };
+            self.state.routes.insert(key, spec);
+        }
+    }
+}
+
+/// The port / ICMP part of a rule, per address family.
+struct L4Match {
+    protocol: IpProtocol,
+    ports: Option<(u16, u16)>,
+    icmp_type: Option<u8>,
+    icmp_code: Option<u8>,
+}
+
+impl L4Match {
+    fn for_family(&self, family: IpFamily) -> Vec<Stmt> {
+        let mut stmts = Vec::new();
+        let (number, name) = match self.protocol {
+            IpProtocol::All => return stmts,
+            IpProtocol::Tcp => (6, "tcp"),
+            IpProtocol::Udp => (17, "udp"),
+            // ICMP from an IPv6 source means ICMPv6.
+            IpProtocol::Icmp if family == IpFamily::V6 => (58, "icmpv6"),
+            IpProtocol::Icmp => (1, "icmp"),
+            IpProtocol::Other(n) => (n, ""),
+        };
+        stmts.push(Stmt::matches(
+            Field::Meta("l4proto"),
+            Value::Number(number.into()),
+        ));
+        if let Some((from, to)) = self.ports {
+            let value = if from == to {
+                Value::Number(from.into())
+            } else {
+                Value::Range(from.into(), to.into())
+            };
+            stmts.push(Stmt::matches(Field::Payload(name, "dport"), value));
+        }
+        if let Some(icmp_type) = self.icmp_type {
+            stmts.push(Stmt::matches(
+                Field::Payload(name, "type"),
+                Value::Number(icmp_type.into()),
+            ));
+        }
+        if let Some(code) = self.icmp_code {
+            stmts.push(Stmt::matches(
+                Field::Payload(name, "code"),
+                Value::Number(code.into()),
+            ));
+        }
+        stmts
+    }
+}
+
+fn l4_matches(rule: &Rule, protocol: IpProtocol) -> Result<L4Match, String> {
+    let ports = match (rule.from_port, rule.to_port) {
+        (None, None) => None,
+        (None, Some(_)) => return Err("to_port: given without from_port".into()),
+        (Some(from), to) => {
+            if !protocol.has_ports() {
+                return Err("from_port: ports only with tcp or udp".into());
+            }
+            let to = to.unwrap_or(from);
+            let from = u16::try_from(from).map_err(|_| "from_port: out of range".to_string())?;
+            let to = u16::try_from(to).map_err(|_| "to_port: out of range".to_string())?;
+            if from > to {
+                return Err("to_port: below from_port".into());
+            }
+            Some((from, to))
+        }
+    };
+    let icmp_field = |value: Option<i64>, name: &str| -> Result<Option<u8>, String> {
+        match value {
+            None => Ok(None),
+            Some(_) if protocol != IpProtocol::Icmp => Err(format!("{name}: only with icmp")),
+            Some(v) => u8::try_from(v)
+                .map(Some)
+                .map_err(|_| format!("{name}: out of range")),
+        }
+    };
+    let icmp_type = icmp_field(rule.icmp_type, "icmp_type")?;
+    let icmp_code = icmp_field(rule.icmp_code, "icmp_code")?;
+    if icmp_code.is_some() && icmp_type.is_none() {
+        return Err("icmp_code: given without icmp_type".into());
+    }
+    Ok(L4Match {
+        protocol,
+        ports,
+        icmp_type,
+        icmp_code,
+    })
+}
+
+fn insert_chain(
+    table: &mut NftTable,
+    name: &str,
+    base: Option<BaseChain>,
+    statements: Vec<Vec<Stmt>>,
+) {
+    let rules = number_rules(name, statements);
+    table
+        .chains
+        .insert(name.to_string(), NftChain { base, rules });
+}
+
+fn number_rules(chain: &str, statements: Vec<Vec<Stmt>>) -> Vec<NftRule> {
+    statements
+        .into_iter()
+        .enumerate()
+        .map(|(position, stmts)| NftRule::new(chain, position, stmts))
+        .collect()
+}
+
+fn host_prefix(addr: &IpAddr) -> u8 {
+    if addr.is_ipv4() {
+        32
+    } else {
+        128
+    }
+}
+
+fn family_of_net(net: &IpNet) -> IpFamily {
+    IpFamily::of(&net.addr())
+}
+
+/// A CIDR, or a bare address as a host prefix.
+fn parse_net_or_addr(text: &str) -> Option<IpNet> {
+    if let Ok(net) = text.parse::<IpNet>() {
+        return Some(net.trunc());
+    }
+    text.parse::<IpAddr>().ok().map(IpNet::from)
+}
+
+/// A CIDR whose host bits are zero (the kernel refuses others as route
+/// destinations, and a set would silently widen them).
+fn parse_network(text: &str) -> Option<IpNet> {
+    let net = text.parse::<IpNet>().ok()?;
+    (net == net.trunc()).then_some(net)
+}
+
+/// MODEL.md ids: `[A-Za-z0-9._-]{1,64}`.
+pub fn valid_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Linux interface names: 1..=15 bytes, no `/`, `:`, whitespace; we also
+/// refuse control characters and quotes, which nft would choke on.
+pub fn valid_interface(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_graphic() && !matches!(c, '/' | ':' | '"' | '\\'))
+}
+
+/// A unicast MAC in the lower-case colon form the kernel prints back.
+fn parse_unicast_mac(text: &str) -> Option<String> {
+    let bytes: Vec<u8> = text
+        .split(':')
+        .map(|part| {
+            if part.len() == 2 {
+                u8::from_str_radix(part, 16).ok()
+            } else {
+                None
+            }
+        })
+        .collect::<Option<Vec<u8>>>()?;
+    if bytes.len() != 6 || bytes[0] & 1 == 1 || bytes.iter().all(|b| *b == 0) {
+        return None;
+    }
+    Some(
+        bytes
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diff::diff;
+
+    pub(crate) fn example_view() -> NodeView {
+        serde_json::from_str(include_str!("dataplane/testdata/view-nc-1.json")).unwrap()
+    }
+
+    fn inet(state: &KernelState) -> &NftTable {
+        state.table(Family::Inet).unwrap()
+    }
+
+    fn rule_texts(chain: &NftChain) -> Vec<String> {
+        chain.rules.iter().map(|r| r.text()).collect()
+    }
+
+    #[test]
+    fn example_view_renders_as_dataplane_md_describes() {
+        let rendered = render(&example_view(), &RenderSettings::default());
+        assert!(rendered.left_out.is_empty(), "{:?}", rendered.left_out);
+        let state = &rendered.desired;
+        let table = inet(state);
+        assert_eq!(
+            rule_texts(&table.chains["sg_sg-web"]),
+            [
+                "meta nfproto ipv4 meta l4proto 6 tcp dport 22 accept",
+                "ip saddr @grp_sg-lb meta l4proto 6 tcp dport 80 accept",
+                "ip6 saddr @grp6_sg-lb meta l4proto 6 tcp dport 80 accept",
+                "ip saddr 10.0.0.0/8 meta l4proto 1 icmp type 8 accept",
+                "ip saddr @grp_sg-web accept",
+                "ip6 saddr @grp6_sg-web accept",
+            ]
+        );
+        assert_eq!(
+            rule_texts(&table.chains["in_i-0a1b2c3d"]),
+            ["jump sg_sg-web", "drop"]
+        );
+        assert_eq!(
+            table.sets["instances"].elements["10.1.0.33"].as_deref(),
+            Some("jump in_i-0a1b2c3d")
+        );
+        assert_eq!(
+            table.sets["dnat4"].elements["203.0.113.5"].as_deref(),
+            Some("10.1.0.33")
+        );
+        assert_eq!(
+            table.sets["snat4"].elements["10.1.0.33"].as_deref(),
+            Some("203.0.113.5")
+        );
+        assert!(table.sets["grp_sg-lb"].elements.contains_key("10.1.0.40"));
+        assert_eq!(
+            rule_texts(&table.chains["nat_prerouting"])[0],
+            "ip daddr 169.254.169.254 meta l4proto 6 tcp dport 80 dnat ip to 10.111.5.11:8773"
+        );
+        let addresses: Vec<String> = state.addresses.iter().map(|a| a.to_string()).collect();
+        assert_eq!(
+            addresses,
+            ["10.1.0.1/16 dev br0", "203.0.113.5/32 dev eth0"]
+        );
+        let (key, route) = state.routes.iter().next().unwrap();
+        assert_eq!(
+            route.describe(key),
+            "10.2.0.0/16 via 10.1.0.254 metric 100 proto 159"
+        );
+        let bridge = state.table(Family::Bridge).unwrap();
+        assert_eq!(
+            rule_texts(&bridge.chains["port_i-0a1b2c3d"]),
+            [
+                "ether saddr != d0:0d:0a:1b:2c:3d drop",
+                "arp saddr ether != d0:0d:0a:1b:2c:3d drop",
+                "arp saddr ip != 10.1.0.33 drop",
+                "ip saddr 0.0.0.0 udp dport 67 return",
+                "ip saddr != 10.1.0.33 drop",
+            ]
+        );
+        assert_eq!(
+            bridge.sets[PORTS_MAP].elements["vn_i-0a1b2c3d"].as_deref(),
+            Some("jump port_i-0a1b2c3d")
+        );
+    }
+
+    #[test]
+    fn render_is_deterministic_and_diffs_empty_against_itself() {
+        let a = render(&example_view(), &RenderSettings::default()).desired;
+        let b = render(&example_view(), &RenderSettings::default()).desired;
+        assert_eq!(a, b);
+        assert!(diff(&a, &b).is_empty());
+    }
+
+    #[test]
+    fn bad_entities_are_left_out_and_reported_the_rest_renders() {
+        let mut view = example_view();
+        let mut bad = view.instances[0].clone();
+        bad.id = "i-bad".into();
+        bad.private_ip = "10.1.0.34".into();
+        bad.public_ip = Some("192.0.2.1".into()); // outside the pool
+        bad.interface = "vn_i-bad".into();
+        bad.mac = "d0:0d:00:00:00:01".into();
+        view.instances.push(bad);
+        let mut unparsable = view.instances[0].clone();
+        unparsable.id = "i-junk".into();
+        unparsable.private_ip = "10.1.0.999".into();
+        view.instances.push(unparsable);
+        view.security_groups[0]
+            .ingress
+            .as_mut()
+            .unwrap()
+            .push(Rule {
+                cidr: Some("10.0.0.0/8".into()),
+                from_port: Some(70000),
+                group: None,
+                icmp_code: None,
+                icmp_type: None,
+                protocol: edgenet_model::Protocol::Name("tcp".into()),
+                to_port: None,
+            });
+        view.routes[0].gateway = Some("not-an-ip".into());
+        let rendered = render(&view, &RenderSettings::default());
+        assert_eq!(
+            rendered.left_out,
+            [
+                "instances[i-bad].public_ip: not inside public_ips: 192.0.2.1",
+                "instances[i-junk].private_ip: not an IP address: \"10.1.0.999\"",
+                "security_groups[sg-web].ingress[4].from_port: out of range (rule left out)",
+                "routes[10.2.0.0/16].gateway: not an address of the destination's family: \"not-an-ip\"",
+            ]
+        );
+        let table = inet(&rendered.desired);
+        // Fail closed: the bad instance's IP is mapped to drop.
+        assert_eq!(
+            table.sets["instances"].elements["10.1.0.34"].as_deref(),
+            Some(DROP_VALUE)
+        );
+        assert!(!table.chains.contains_key("in_i-bad"));
+        // The good instance is unaffected.
+        assert!(table.chains.contains_key("in_i-0a1b2c3d"));
+        assert_eq!(table.chains["sg_sg-web"].rules.len(), 6);
+        assert!(rendered.desired.routes.is_empty());
+    }
+
+    #[test]
+    fn hostile_strings_never_reach_the_kernel() {
+        let mut view = example_view();
+        view.instances[0].interface = "eth0\" ; flush ruleset".into();
+        view.instances[0].security_groups = Some(vec!["sg web".into()]);
+        view.node.public_interface = "a/b".into();
+        let rendered = render(&view, &RenderSettings::default());
+        assert_eq!(rendered.left_out.len(), 2, "{:?}", rendered.left_out);
+        let table = inet(&rendered.desired);
+        assert_eq!(
+            table.sets["instances"].elements["10.1.0.33"].as_deref(),
+            Some(DROP_VALUE)
+        );
+    }
+
+    #[test]
+    fn ipv6_instances_use_the_v6_maps() {
+        let mut view = example_view();
+        view.subnets.push(edgenet_model::Subnet {
+            id: "subnet-6".into(),
+            cidr: "2001:db8:1::/64".into(),
+            gateway: Some("2001:db8:1::1".into()),
+        });
+        view.public_ips.push("2001:db8:ff::/120".into());
+        let mut six = view.instances[0].clone();
+        six.id = "i-six".into();
+        six.subnet = "subnet-6".into();
+        six.private_ip = "2001:db8:1::10".into();
+        six.public_ip = Some("2001:db8:ff::5".into());
+        six.interface = "vn_i-six".into();
+        six.mac = "d0:0d:00:00:00:06".into();
+        view.instances.push(six);
+        let rendered = render(&view, &RenderSettings::default());
+        assert!(rendered.left_out.is_empty(), "{:?}", rendered.left_out);
+        let table = inet(&rendered.desired);
+        assert_eq!(
+            table.sets["instances6"].elements["2001:db8:1::10"].as_deref(),
+            Some("jump in_i-six")
+        );
+        assert!(table.sets["dnat6"].elements.contains_key("2001:db8:ff::5"));
+        assert!(rendered
+            .desired
+            .addresses
+            .iter()
+            .any(|a| a.to_string() == "2001:db8:ff::5/128 dev eth0"));
+    }
+}
