@@ -27,4 +27,6 @@ pub use providers::{
 pub use sign::{form_post_request, query_get_request, sign_request, SignError, Signer};
 pub use skew::ClockSkew;
 pub use sts::{AssumeRoleParams, AssumeRoleResponse, DevSts, DevStsConfig, StsError};
-pub use verify::{Api, KeyResolver, ResolvedKey, SignedRequest, Verifier, VerifyError};
+pub use verify::{
+    canonical_request, Api, KeyResolver, ResolvedKey, SignedRequest, Verifier, VerifyError,
+};

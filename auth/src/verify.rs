@@ -322,11 +322,9 @@ fn session_token<'a>(
     Ok(token)
 }
 
-/// Rebuilds the SigV4 canonical request.
-pub(crate) fn canonical_request(
-    req: &SignedRequest<'_>,
-    signed: &[&str],
-) -> Result<Vec<u8>, VerifyError> {
+/// Rebuilds the SigV4 canonical request of `req` for the given signed header
+/// names (what the verifier hashes; public to debug signature mismatches).
+pub fn canonical_request(req: &SignedRequest<'_>, signed: &[&str]) -> Result<Vec<u8>, VerifyError> {
     let payload_hash = hex::encode(Sha256::digest(req.body));
     if let Some(claimed) = header_str(req.headers, "x-amz-content-sha256")? {
         if claimed != payload_hash {
