@@ -83,10 +83,21 @@ fn naive_baseline(model: &CloudModel, full: Duration) {
 }
 
 fn one_instance_change(model: &Arc<CloudModel>, index: &ModelIndex, full: Duration) {
-    let mut edited = (**model).clone();
-    let middle = edited.instances.len() / 2;
-    let target = &mut edited.instances[middle];
-    target.mac = "d0:0d:ff:ff:ff:fe".into();
+    let middle = model.instances.len() / 2;
+    let mut new_mac = (**model).clone();
+    new_mac.instances[middle].mac = "d0:0d:ff:ff:ff:fe".into();
+    report_update("one-instance change (mac)", index, new_mac, full);
+    let mut new_ip = (**model).clone();
+    new_ip.instances[middle].private_ip = "10.0.255.250".into();
+    report_update(
+        "one-instance change (private_ip: its groups' members change)",
+        index,
+        new_ip,
+        full,
+    );
+}
+
+fn report_update(what: &str, index: &ModelIndex, edited: CloudModel, full: Duration) {
     let edited = Arc::new(edited);
     let mut best = Duration::MAX;
     let mut changed = Vec::new();
@@ -97,7 +108,7 @@ fn one_instance_change(model: &Arc<CloudModel>, index: &ModelIndex, full: Durati
         changed = nodes;
     }
     println!(
-        "one-instance change (mac): update {} ms (best of 3) = {:.1}% of the full pass; {} view(s) changed",
+        "{what}: update {} ms (best of 3) = {:.1}% of the full pass; {} view(s) changed",
         ms(best),
         100.0 * best.as_secs_f64() / full.as_secs_f64(),
         changed.len()

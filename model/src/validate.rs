@@ -3,7 +3,9 @@
 //! One checker serves both documents: a view is checked like a model with a
 //! single node, whose group rules may name any group in `group_members`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::net::IpAddr;
 
 use crate::addr::{parse_ip, parse_mac, parse_prefix, Prefix};
@@ -132,9 +134,9 @@ impl<'d, 'a> Checker<'d, 'a> {
             doc,
             errors: Vec::new(),
             pool: Vec::new(),
-            subnets: HashMap::new(),
-            nodes: HashSet::new(),
-            groups: HashSet::new(),
+            subnets: HashMap::default(),
+            nodes: HashSet::default(),
+            groups: HashSet::default(),
         }
     }
 
@@ -621,7 +623,7 @@ impl<'d, 'a> Checker<'d, 'a> {
     }
 
     fn instance_groups(&mut self, entity: Entity, path: &str, instance: &Instance) {
-        let mut seen = HashSet::new();
+        let mut seen = HashSet::default();
         for (position, group) in instance.security_groups().iter().enumerate() {
             let field = format!("{path}.security_groups[{position}]");
             if !self.groups.contains(group.as_str()) {
@@ -633,7 +635,7 @@ impl<'d, 'a> Checker<'d, 'a> {
     }
 
     fn routes(&mut self) {
-        let mut seen: HashMap<(Prefix, Option<i64>), Vec<RouteClaim>> = HashMap::new();
+        let mut seen: HashMap<(Prefix, Option<i64>), Vec<RouteClaim>> = HashMap::default();
         for (position, route) in self.doc.routes.iter().enumerate() {
             let Some(destination) = self.route(position, route) else {
                 continue;
@@ -708,7 +710,7 @@ impl<'d, 'a> Checker<'d, 'a> {
             return;
         };
         for (group_position, (group, ips)) in members.iter().enumerate() {
-            let mut seen = HashSet::new();
+            let mut seen = HashSet::default();
             for (position, text) in ips.iter().enumerate() {
                 let entity = Entity::GroupMember {
                     group: group_position,
