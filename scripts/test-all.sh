@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Runs every edgenet test on a fresh Debian machine, as root: it installs
+# what is missing (nftables, iproute2, ping, Python's moto and botocore),
+# then checks formatting and lints, then runs the whole suite, including
+# the network-namespace and moto tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+install_system_packages() {
+  local wanted=(nftables iproute2 iputils-ping procps python3-pip)
+  local missing=()
+  for package in "${wanted[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
+install_python_packages() {
+  if ! python3 -c 'import moto.server, botocore, flask' 2>/dev/null; then
+    log "installing moto[server] and botocore from PyPI"
+    python3 -m pip install --quiet --disable-pip-version-check 'moto[server]' botocore \
+      || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages 'moto[server]' botocore
+  fi
+}
+
+run_extra_setup() {
+  # Crates with their own needs ship an idempotent setup script.
+  for script in auth/tests/setup-python.sh tests/setup.sh; do
+    if [ -f "$script" ]; then
+      log "running $script"
+      bash "$script"
+    fi
+  done
+}
+
+install_system_packages
+install_python_packages
+run_extra_setup
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+log "cargo nextest run"
+cargo nextest run --workspace --no-fail-fast
