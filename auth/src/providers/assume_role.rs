@@ -134,7 +134,27 @@ fn build_client(config: &AssumeRoleConfig) -> Result<reqwest::Client, AuthError>
 impl CredentialProvider for AssumeRoleProvider {
     async fn fetch(&self) -> Result<Credentials, AuthError> {
         let long_term = self.source.fetch().await?;
-        let req = self.request(&long_term)?;
+        let before = self.skew.as_ref().map(|s| s.offset_millis());
+        let result = self.call(&long_term).await;
+        // A refusal that came with news of a large clock skew was most likely
+        // caused by it ("Signature expired"): try once more with the corrected clock.
+        let after = self.skew.as_ref().map(|s| s.offset_millis());
+        let skew_changed = matches!((before, after), (Some(b), Some(a)) if (a - b).abs() > 60_000);
+        if skew_changed && matches!(result, Err(AuthError::Sts { .. })) {
+            tracing::info!(
+                skew_ms = after,
+                "retrying AssumeRole with the corrected clock"
+            );
+            return self.call(&long_term).await;
+        }
+        result
+    }
+}
+
+impl AssumeRoleProvider {
+    /// One AssumeRole round trip.
+    async fn call(&self, long_term: &Credentials) -> Result<Credentials, AuthError> {
+        let req = self.request(long_term)?;
         let started = SystemTime::now();
         let resp = self
             .client

@@ -181,3 +181,98 @@ pub fn run_python(script: &str, args: &[&str]) -> String {
     }
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// A loopback HTTP server that mounts `DevSts::handle` like edgenet-server
+/// does. Its clock runs `clock_offset_secs` ahead of ours (negative: behind).
+pub struct StsServer {
+    pub endpoint: String,
+    pub requests: Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for StsServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub async fn serve_sts(sts: DevSts, clock_offset_secs: i64) -> StsServer {
+    use std::sync::atomic::Ordering;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}/", listener.local_addr().unwrap());
+    let requests = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = requests.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (sts, counter) = (sts.clone(), counter.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    answer(sts.clone(), req, clock_offset_secs)
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, svc)
+                    .await;
+            });
+        }
+    });
+    StsServer {
+        endpoint,
+        requests,
+        task,
+    }
+}
+
+async fn answer(
+    sts: DevSts,
+    req: hyper::Request<hyper::body::Incoming>,
+    clock_offset_secs: i64,
+) -> Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, hyper::Error> {
+    use http_body_util::BodyExt;
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await?.to_bytes();
+    let off = Duration::from_secs(clock_offset_secs.unsigned_abs());
+    let now = if clock_offset_secs >= 0 {
+        SystemTime::now() + off
+    } else {
+        SystemTime::now() - off
+    };
+    let signed = SignedRequest {
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        query: parts.uri.query().unwrap_or(""),
+        headers: &parts.headers,
+        body: &body,
+    };
+    let (status, xml) = sts.handle(&signed, now);
+    Ok(hyper::Response::builder()
+        .status(status)
+        .header("content-type", "text/xml")
+        .header("date", httpdate::fmt_http_date(now))
+        .body(http_body_util::Full::new(bytes::Bytes::from(xml)))
+        .unwrap())
+}
+
+/// Writes an AWS shared-credentials file with mode 0600.
+pub fn write_node_credentials(
+    dir: &std::path::Path,
+    akid: &str,
+    secret: &str,
+) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("node-credentials");
+    std::fs::write(
+        &path,
+        format!("[default]\naws_access_key_id = {akid}\naws_secret_access_key = {secret}\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+pub const NC1_ID: &str = "AKIDNC1EXAMPLE0001";
+pub const NC1_SECRET: &str = "nc1-secret-access-key-0000000000000000";
