@@ -69,6 +69,15 @@ pub struct CachingProvider {
     failures: AtomicU64,
 }
 
+impl std::fmt::Debug for CachingProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachingProvider")
+            .field("config", &self.config)
+            .field("refreshes", &self.refresh_count())
+            .finish_non_exhaustive()
+    }
+}
+
 impl CachingProvider {
     pub fn new(inner: Arc<dyn CredentialProvider>, config: CacheConfig) -> Self {
         let backoff = config.min_backoff;

@@ -208,6 +208,15 @@ pub struct DevSts {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for DevSts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevSts")
+            .field("keys", &self.inner.keys.len())
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
 struct Inner {
     keys: KeyStore,
     cipher: XChaCha20Poly1305,

@@ -107,6 +107,14 @@ pub struct Verifier {
     resolver: Arc<dyn KeyResolver>,
 }
 
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("region", &self.region)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The parsed `Authorization` header.
 #[derive(Debug)]
 struct AuthHeader<'a> {
@@ -184,7 +192,14 @@ impl Verifier {
     }
 }
 
+/// A header that must appear at most once (a second `Authorization` or token
+/// could otherwise be read differently by different parts of the server).
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, VerifyError> {
+    if headers.get_all(name).iter().nth(1).is_some() {
+        return Err(VerifyError::IncompleteSignature(format!(
+            "{name} given more than once"
+        )));
+    }
     match headers.get(name) {
         None => Ok(None),
         Some(v) => v

@@ -133,8 +133,9 @@ impl CredentialProvider for Fake {
 
 #[tokio::test]
 async fn failed_refresh_keeps_current_until_expiry() {
-    let fake = Fake::new(secs(3), Duration::ZERO);
+    let fake = Fake::new(secs(4), Duration::ZERO);
     let mut config = fast_config();
+    config.refresh_margin = secs(3);
     config.jitter = Duration::ZERO;
     config.expiry_margin = ms(500);
     config.min_backoff = ms(300);
@@ -143,7 +144,7 @@ async fn failed_refresh_keeps_current_until_expiry() {
     fake.fail.store(true, Ordering::SeqCst);
     let start = Instant::now();
     // Due after ~1 s; fails; the current credentials are served until 0.5 s
-    // before their expiry, with attempts spaced by backoff, not per call.
+    // before their expiry (3.5 s), with attempts spaced by backoff, not per call.
     while start.elapsed() < ms(2400) {
         let c = cache.credentials().await.unwrap();
         assert_eq!(c.access_key_id, first.access_key_id);
@@ -155,7 +156,7 @@ async fn failed_refresh_keeps_current_until_expiry() {
         "{attempts} attempts in 1.4 s of failures"
     );
     assert!(cache.failure_count() >= 1);
-    tokio::time::sleep(ms(300)).await;
+    tokio::time::sleep(ms(1400)).await;
     let err = cache.credentials().await.unwrap_err();
     assert_eq!(err, AuthError::Transport("endpoint down".into()));
     fake.fail.store(false, Ordering::SeqCst);

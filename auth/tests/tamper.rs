@@ -261,6 +261,14 @@ fn tampering_is_refused_with_the_right_code() {
     );
     check("malformed Authorization", ec2(&r), auth_failure);
 
+    let mut r = signed(describe("nc-1"), &temp, REGION, "ec2", now);
+    let token = other.session_token.as_ref().unwrap().expose();
+    r.headers.append(
+        "x-amz-security-token",
+        HeaderValue::from_str(token).unwrap(),
+    );
+    check("second security token", ec2(&r), auth_failure);
+
     assert!(cases >= 20, "{cases}");
 }
 

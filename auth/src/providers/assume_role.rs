@@ -57,6 +57,14 @@ pub struct AssumeRoleProvider {
     skew: Option<Arc<ClockSkew>>,
 }
 
+impl std::fmt::Debug for AssumeRoleProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AssumeRoleProvider")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
 impl AssumeRoleProvider {
     pub fn new(
         config: AssumeRoleConfig,
