@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use crate::desired::{DriftEvent, KernelState};
 use crate::diff::{Change, ChangeSet};
 
+pub mod linux;
 pub mod memory;
 
 pub use memory::MemoryDataplane;

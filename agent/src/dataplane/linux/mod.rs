@@ -1,0 +1,247 @@
+//! The Linux kernel dataplane: rtnetlink for routes and addresses, `nft`
+//! JSON for nftables, `/proc/sys` for sysctls, a netlink monitor for drift.
+//!
+//! Network namespace: the netlink sockets belong to the namespace of the
+//! thread that calls `LinuxDataplane::new`, and `nft` runs in the namespace
+//! of the thread that spawns it. In a multi-threaded runtime both are the
+//! process's namespace; to drive another namespace, call `setns` on a
+//! thread and run a current-thread runtime there (the tests do so).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use rtnetlink::Handle;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::{ApplyReport, Dataplane, DataplaneError};
+use crate::desired::{
+    DriftEvent, Family, KernelState, TableId, DEFAULT_ROUTE_PROTOCOL, MAIN_TABLE,
+};
+use crate::diff::{Change, ChangeSet};
+
+pub mod monitor;
+pub mod netlink;
+pub mod nft;
+pub mod sysctl;
+
+pub use nft::NftRunner;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinuxConfig {
+    /// Routes of this protocol are ours (and only those).
+    pub route_protocol: u8,
+    /// The routing table our routes go into.
+    pub route_table: u32,
+    /// Set the sysctls forwarding needs (else only report them).
+    pub manage_sysctls: bool,
+    /// Watch netlink for drift of our routes and addresses.
+    pub monitor: bool,
+    pub nft: NftRunner,
+}
+
+impl Default for LinuxConfig {
+    fn default() -> Self {
+        LinuxConfig {
+            route_protocol: DEFAULT_ROUTE_PROTOCOL,
+            route_table: MAIN_TABLE,
+            manage_sysctls: true,
+            monitor: true,
+            nft: NftRunner::default(),
+        }
+    }
+}
+
+/// Counters a caller (tests, metrics) can read while the dataplane runs.
+#[derive(Debug, Default)]
+pub struct LinuxCounters {
+    pub netlink_ops: AtomicU64,
+    pub nft_transactions: AtomicU64,
+    pub nft_commands: AtomicU64,
+}
+
+pub struct LinuxDataplane {
+    config: LinuxConfig,
+    handle: Handle,
+    counters: Arc<LinuxCounters>,
+    watched: monitor::SharedWatched,
+    drift: Option<mpsc::Receiver<DriftEvent>>,
+    tasks: Vec<JoinHandle<()>>,
+    /// State id in the kernel as of our last read or write; `None` when
+    /// unknown (then the next apply writes it).
+    recorded_state_id: Option<String>,
+    /// Whether a set is a map in the kernel, as of our last read (to
+    /// delete it with the right command).
+    maps_in_kernel: std::collections::BTreeSet<(TableId, String)>,
+}
+
+impl Drop for LinuxDataplane {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl LinuxDataplane {
+    /// Open netlink (and the monitor) in the calling thread's network
+    /// namespace. Needs a tokio runtime; privileges are checked at the
+    /// first read or apply, which fail with `PermissionDenied` without them.
+    pub fn new(config: LinuxConfig) -> Result<Self, DataplaneError> {
+        let (connection, handle, _) =
+            rtnetlink::new_connection().map_err(|e| DataplaneError::Netlink {
+                operation: "open a netlink socket".into(),
+                detail: e.to_string(),
+            })?;
+        let mut tasks = vec![tokio::spawn(connection)];
+        let watched = monitor::SharedWatched::default();
+        let mut drift = None;
+        if config.monitor {
+            let (rx, monitor_tasks) = monitor::start(config.route_protocol, watched.clone())?;
+            drift = Some(rx);
+            tasks.extend(monitor_tasks);
+        }
+        Ok(LinuxDataplane {
+            config,
+            handle,
+            counters: Arc::default(),
+            watched,
+            drift,
+            tasks,
+            recorded_state_id: None,
+            maps_in_kernel: Default::default(),
+        })
+    }
+
+    pub fn counters(&self) -> Arc<LinuxCounters> {
+        self.counters.clone()
+    }
+
+    pub fn config(&self) -> &LinuxConfig {
+        &self.config
+    }
+
+    fn watch(&self, desired: &KernelState, links: netlink::Links) {
+        let mut watched = self.watched.lock().unwrap_or_else(|p| p.into_inner());
+        watched.routes = desired.routes.clone();
+        watched.addresses = desired.addresses.clone();
+        watched.links = links;
+    }
+}
+
+#[async_trait]
+impl Dataplane for LinuxDataplane {
+    async fn read(&mut self) -> Result<KernelState, DataplaneError> {
+        let (tables, state_id) = self.config.nft.read().await?;
+        let links = netlink::read_links(&self.handle).await?;
+        let routes = netlink::read_routes(
+            &self.handle,
+            &links,
+            self.config.route_protocol,
+            self.config.route_table,
+        )
+        .await?;
+        let addresses = netlink::read_addresses(&self.handle, &links).await?;
+        self.recorded_state_id = state_id.clone();
+        self.maps_in_kernel = tables
+            .iter()
+            .flat_map(|(id, t)| {
+                t.sets
+                    .iter()
+                    .filter(|(_, s)| s.is_map())
+                    .map(move |(name, _)| (id.clone(), name.clone()))
+            })
+            .collect();
+        {
+            let mut watched = self.watched.lock().unwrap_or_else(|p| p.into_inner());
+            watched.links = links;
+        }
+        Ok(KernelState {
+            routes,
+            addresses,
+            tables,
+            state_id,
+            ownership: Default::default(),
+        })
+    }
+
+    async fn apply(
+        &mut self,
+        changes: &ChangeSet,
+        desired: &KernelState,
+        state_id: &str,
+    ) -> Result<ApplyReport, DataplaneError> {
+        let mut report = ApplyReport {
+            sysctl_notes: sysctl::ensure(self.config.manage_sysctls)?,
+            ..Default::default()
+        };
+        let links = netlink::read_links(&self.handle).await?;
+        // Tell the monitor first, so our own writes are not taken for drift.
+        self.watch(desired, links.clone());
+
+        let netlink_changes: Vec<&Change> = changes.netlink_changes().collect();
+        let (sent, deferred) = netlink::apply(&self.handle, &links, &netlink_changes).await?;
+        self.counters
+            .netlink_ops
+            .fetch_add(sent as u64, Ordering::Relaxed);
+        report.netlink_ops = sent;
+        report.applied += netlink_changes.len() - deferred.len();
+        for item in &deferred {
+            tracing::warn!(change = %item.change.line(), reason = %item.reason, "deferred");
+        }
+        report.deferred = deferred;
+
+        let nft_changes: Vec<&Change> = changes.nft_changes().collect();
+        let table_added = nft_changes
+            .iter()
+            .any(|c| matches!(c, Change::AddTable(id) if id.family == Family::Inet));
+        let write_state = table_added || self.recorded_state_id.as_deref() != Some(state_id);
+        let maps = &self.maps_in_kernel;
+        let is_map =
+            |id: &TableId, name: &str| Some(maps.contains(&(id.clone(), name.to_string())));
+        let batch = nft::build_transaction(
+            &nft_changes,
+            desired,
+            &is_map,
+            write_state.then_some(state_id),
+        );
+        match self.config.nft.apply(&batch).await {
+            Ok(commands) => {
+                if commands > 0 {
+                    report.nft_transactions = 1;
+                    self.counters
+                        .nft_transactions
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .nft_commands
+                        .fetch_add(commands as u64, Ordering::Relaxed);
+                }
+                report.applied += nft_changes.len();
+                self.recorded_state_id = Some(state_id.to_string());
+                for change in &nft_changes {
+                    match change {
+                        Change::AddSet { table, name, set } if set.is_map() => {
+                            self.maps_in_kernel.insert((table.clone(), name.clone()));
+                        }
+                        Change::RemoveSet { table, name } => {
+                            self.maps_in_kernel.remove(&(table.clone(), name.clone()));
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(report)
+            }
+            Err(error) => {
+                // Nothing of the transaction is in the kernel; what the
+                // state id there is we no longer know for sure.
+                self.recorded_state_id = None;
+                Err(error)
+            }
+        }
+    }
+
+    fn drift_events(&mut self) -> Option<mpsc::Receiver<DriftEvent>> {
+        self.drift.take()
+    }
+}

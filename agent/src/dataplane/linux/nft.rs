@@ -1,0 +1,867 @@
+//! nftables through `nft`'s JSON interface, with the `nftables` crate's
+//! schema types for what we write.
+//!
+//! Reads list only `inet edgenet` and `bridge edgenet`. Each apply is one
+//! `nft -j -f -` run, which the kernel commits as one transaction: it takes
+//! all of it or none of it. Only changed chains (flushed and rewritten),
+//! sets and elements appear in it.
+//!
+//! The crate has no `verdict` set type and writes verdicts as bare strings,
+//! so verdict maps and their elements are written as raw JSON next to the
+//! crate's objects.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
+use std::process::Stdio;
+
+use ipnet::IpNet;
+use nftables::expr::{self, Expression, NamedExpression};
+use nftables::schema::{self, NfCmd, NfListObject, NfObject};
+use nftables::stmt::{self, Statement};
+use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
+use serde_json::{json, Value as Json};
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+use crate::dataplane::DataplaneError;
+use crate::desired::*;
+use crate::diff::Change;
+
+/// How to run `nft`: the program and arguments put before ours (tests and
+/// odd setups may use e.g. `ip netns exec NS nft`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NftRunner {
+    pub program: String,
+    pub prefix_args: Vec<String>,
+}
+
+impl Default for NftRunner {
+    fn default() -> Self {
+        NftRunner {
+            program: "nft".to_string(),
+            prefix_args: Vec::new(),
+        }
+    }
+}
+
+impl NftRunner {
+    async fn run(
+        &self,
+        args: &[&str],
+        stdin: Option<&[u8]>,
+        purpose: &'static str,
+    ) -> Result<std::process::Output, DataplaneError> {
+        let mut command = Command::new(&self.program);
+        command
+            .args(&self.prefix_args)
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let spawn_error = |source| DataplaneError::NftSpawn {
+            program: self.program.clone(),
+            purpose,
+            source,
+        };
+        let mut child = command.spawn().map_err(spawn_error)?;
+        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            pipe.write_all(input).await.map_err(spawn_error)?;
+            drop(pipe);
+        }
+        child.wait_with_output().await.map_err(spawn_error)
+    }
+
+    /// Our two tables as they are in the kernel, and the state id recorded
+    /// in `inet edgenet`.
+    pub async fn read(
+        &self,
+    ) -> Result<(BTreeMap<TableId, NftTable>, Option<String>), DataplaneError> {
+        let mut tables = BTreeMap::new();
+        let mut state_id = None;
+        for family in [Family::Inet, Family::Bridge] {
+            let id = TableId::ours(family);
+            let output = self
+                .run(
+                    &["-j", "list", "table", family.as_str(), TABLE_NAME],
+                    None,
+                    "listing our tables",
+                )
+                .await?;
+            if !output.status.success() {
+                let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
+                if stderr.contains("No such file or directory") {
+                    continue; // the table does not exist (yet, or any more)
+                }
+                return Err(classify_failure(stderr, |stderr| DataplaneError::NftList {
+                    table: id.to_string(),
+                    stderr,
+                }));
+            }
+            let parsed = parse_table(&output.stdout, &id)?;
+            if family == Family::Inet {
+                state_id = parsed.1;
+            }
+            tables.insert(id, parsed.0);
+        }
+        Ok((tables, state_id))
+    }
+
+    /// Run one transaction. `Ok(0)` when there was nothing to write.
+    pub async fn apply(&self, batch: &[Json]) -> Result<usize, DataplaneError> {
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let document = json!({ "nftables": batch });
+        let text = serde_json::to_vec(&document).map_err(|e| DataplaneError::NftParse {
+            context: "the transaction we built".into(),
+            detail: e.to_string(),
+        })?;
+        let output = self
+            .run(&["-j", "-f", "-"], Some(&text), "applying a transaction")
+            .await?;
+        if output.status.success() {
+            return Ok(batch.len());
+        }
+        let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
+        Err(classify_failure(stderr, |stderr| {
+            DataplaneError::NftTransaction {
+                commands: batch.len(),
+                stderr: truncate(&stderr, 2000),
+            }
+        }))
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+fn classify_failure(
+    stderr: String,
+    otherwise: impl FnOnce(String) -> DataplaneError,
+) -> DataplaneError {
+    if stderr.contains("Operation not permitted") {
+        DataplaneError::PermissionDenied {
+            operation: "nft (nftables)".into(),
+        }
+    } else {
+        otherwise(stderr)
+    }
+}
+
+// ---------------------------------------------------------------- reading
+
+fn parse_error(id: &TableId, detail: impl Into<String>) -> DataplaneError {
+    DataplaneError::NftParse {
+        context: format!("table {id}"),
+        detail: detail.into(),
+    }
+}
+
+/// `nft -j list table` output to our types. Rules are known by the hash in
+/// their comment; a rule without our comment (someone else's) gets a hash
+/// that matches nothing, so its chain is rewritten.
+fn parse_table(stdout: &[u8], id: &TableId) -> Result<(NftTable, Option<String>), DataplaneError> {
+    let document: Json =
+        serde_json::from_slice(stdout).map_err(|e| parse_error(id, e.to_string()))?;
+    let items = document["nftables"]
+        .as_array()
+        .ok_or_else(|| parse_error(id, "no \"nftables\" array"))?;
+    let mut table = NftTable::default();
+    let mut state_id = None;
+    for item in items {
+        if let Some(chain) = item.get("chain") {
+            let name = str_field(chain, "name", id)?;
+            if name != STATE_CHAIN {
+                table.chains.insert(
+                    name.to_string(),
+                    NftChain {
+                        base: parse_base_chain(chain),
+                        rules: Vec::new(),
+                    },
+                );
+            }
+        } else if let Some(set) = item.get("set").or_else(|| item.get("map")) {
+            let name = str_field(set, "name", id)?;
+            table.sets.insert(name.to_string(), parse_set(set, id)?);
+        } else if let Some(rule) = item.get("rule") {
+            let chain = str_field(rule, "chain", id)?;
+            let handle = rule["handle"].as_u64();
+            let comment = rule["comment"].as_str().unwrap_or("");
+            if chain == STATE_CHAIN {
+                if let Some(state) = comment.strip_prefix(STATE_COMMENT_PREFIX) {
+                    state_id = Some(state.to_string());
+                }
+                continue;
+            }
+            let hash = match comment.strip_prefix(RULE_COMMENT_PREFIX) {
+                Some(hash) => hash.to_string(),
+                None => format!("foreign-{}", handle.unwrap_or(0)),
+            };
+            if let Some(chain) = table.chains.get_mut(chain) {
+                chain.rules.push(NftRule {
+                    hash,
+                    statements: Vec::new(),
+                    handle,
+                });
+            }
+        }
+    }
+    Ok((table, state_id))
+}
+
+fn str_field<'j>(object: &'j Json, field: &str, id: &TableId) -> Result<&'j str, DataplaneError> {
+    object[field]
+        .as_str()
+        .ok_or_else(|| parse_error(id, format!("an object without \"{field}\": {object}")))
+}
+
+fn parse_base_chain(chain: &Json) -> Option<BaseChain> {
+    let hook = match chain["hook"].as_str()? {
+        "prerouting" => Hook::Prerouting,
+        "input" => Hook::Input,
+        "forward" => Hook::Forward,
+        "output" => Hook::Output,
+        "postrouting" => Hook::Postrouting,
+        _ => return None,
+    };
+    let chain_type = match chain["type"].as_str()? {
+        "nat" => ChainType::Nat,
+        _ => ChainType::Filter,
+    };
+    Some(BaseChain {
+        chain_type,
+        hook,
+        priority: chain["prio"].as_i64().unwrap_or(0) as i32,
+        policy_accept: chain["policy"].as_str() != Some("drop"),
+    })
+}
+
+fn parse_set(set: &Json, id: &TableId) -> Result<NftSet, DataplaneError> {
+    let key_type = static_type(set["type"].as_str().unwrap_or(""));
+    let value = match set["map"].as_str() {
+        None => SetValue::None,
+        Some("verdict") => SetValue::Verdict,
+        Some(other) => SetValue::Data(static_type(other)),
+    };
+    let interval = set["flags"]
+        .as_array()
+        .is_some_and(|flags| flags.iter().any(|f| f == "interval"));
+    let mut parsed = NftSet {
+        key_type,
+        value,
+        interval,
+        elements: BTreeMap::new(),
+    };
+    for elem in set["elem"].as_array().into_iter().flatten() {
+        let (key, value) = match elem.as_array() {
+            Some(pair) if pair.len() == 2 => (&pair[0], Some(&pair[1])),
+            _ => (elem, None),
+        };
+        let key = element_key(key, interval)
+            .ok_or_else(|| parse_error(id, format!("an element we cannot read: {elem}")))?;
+        let value = value.map(element_value);
+        parsed.elements.insert(key, value);
+    }
+    Ok(parsed)
+}
+
+/// Type names we write, as `&'static str`; anything else is someone's
+/// tampering and reads as a type we never use (so the set is made anew).
+fn static_type(name: &str) -> &'static str {
+    match name {
+        "ipv4_addr" => "ipv4_addr",
+        "ipv6_addr" => "ipv6_addr",
+        "ifname" => "ifname",
+        _ => "unknown",
+    }
+}
+
+fn element_key(key: &Json, interval: bool) -> Option<String> {
+    let key = key.get("elem").map(|e| &e["val"]).unwrap_or(key);
+    if let Some(prefix) = key.get("prefix") {
+        return Some(format!(
+            "{}/{}",
+            prefix["addr"].as_str()?,
+            prefix["len"].as_u64()?
+        ));
+    }
+    let text = key.as_str()?;
+    // An interval set prints a host prefix as a bare address.
+    if interval {
+        if let Ok(addr) = text.parse::<IpAddr>() {
+            return Some(IpNet::from(addr).to_string());
+        }
+    }
+    Some(text.to_string())
+}
+
+fn element_value(value: &Json) -> String {
+    if let Some(jump) = value.get("jump") {
+        return jump_value(jump["target"].as_str().unwrap_or(""));
+    }
+    if value.get("drop").is_some() {
+        return DROP_VALUE.to_string();
+    }
+    match value.as_str() {
+        Some(text) => text.to_string(),
+        None => value.to_string(),
+    }
+}
+
+// ---------------------------------------------------------------- writing
+
+fn nf_family(family: Family) -> NfFamily {
+    match family {
+        Family::Inet => NfFamily::INet,
+        Family::Bridge => NfFamily::Bridge,
+    }
+}
+
+fn cmd(command: NfCmd<'_>) -> Json {
+    serde_json::to_value(NfObject::CmdObject(command)).expect("nftables schema serialises")
+}
+
+fn table_object(id: &TableId) -> NfListObject<'static> {
+    NfListObject::Table(schema::Table {
+        family: nf_family(id.family),
+        name: Cow::Owned(id.name.clone()),
+        handle: None,
+    })
+}
+
+fn chain_object(id: &TableId, name: &str, base: Option<&BaseChain>) -> schema::Chain<'static> {
+    let mut chain = schema::Chain {
+        family: nf_family(id.family),
+        table: Cow::Owned(id.name.clone()),
+        name: Cow::Owned(name.to_string()),
+        ..Default::default()
+    };
+    if let Some(base) = base {
+        chain._type = Some(match base.chain_type {
+            ChainType::Filter => NfChainType::Filter,
+            ChainType::Nat => NfChainType::NAT,
+        });
+        chain.hook = Some(match base.hook {
+            Hook::Prerouting => NfHook::Prerouting,
+            Hook::Input => NfHook::Input,
+            Hook::Forward => NfHook::Forward,
+            Hook::Output => NfHook::Output,
+            Hook::Postrouting => NfHook::Postrouting,
+        });
+        chain.prio = Some(base.priority);
+        chain.policy = Some(if base.policy_accept {
+            NfChainPolicy::Accept
+        } else {
+            NfChainPolicy::Drop
+        });
+    }
+    chain
+}
+
+fn rule_object(id: &TableId, chain: &str, rule: &NftRule) -> Json {
+    let statements: Vec<Statement<'static>> = rule.statements.iter().map(statement).collect();
+    cmd(NfCmd::Add(NfListObject::Rule(schema::Rule {
+        family: nf_family(id.family),
+        table: Cow::Owned(id.name.clone()),
+        chain: Cow::Owned(chain.to_string()),
+        expr: Cow::Owned(statements),
+        handle: None,
+        index: None,
+        comment: Some(Cow::Owned(rule.comment())),
+    })))
+}
+
+fn field_expr(field: &Field) -> Expression<'static> {
+    match field {
+        Field::Payload(protocol, name) => Expression::Named(NamedExpression::Payload(
+            expr::Payload::PayloadField(expr::PayloadField {
+                protocol: Cow::Borrowed(protocol),
+                field: Cow::Borrowed(name),
+            }),
+        )),
+        Field::Meta(key) => Expression::Named(NamedExpression::Meta(expr::Meta {
+            key: match *key {
+                "l4proto" => expr::MetaKey::L4proto,
+                "iifname" => expr::MetaKey::Iifname,
+                _ => expr::MetaKey::Nfproto,
+            },
+        })),
+        Field::Ct(key) => Expression::Named(NamedExpression::CT(expr::CT {
+            key: Cow::Borrowed(key),
+            family: None,
+            dir: None,
+        })),
+    }
+}
+
+fn value_expr(value: &Value) -> Expression<'static> {
+    let text = |s: String| Expression::String(Cow::Owned(s));
+    match value {
+        Value::Addr(addr) => text(addr.to_string()),
+        Value::Prefix(net) => Expression::Named(NamedExpression::Prefix(expr::Prefix {
+            addr: Box::new(text(net.addr().to_string())),
+            len: net.prefix_len().into(),
+        })),
+        Value::Number(n) => Expression::Number(*n),
+        Value::Range(a, b) => Expression::Range(Box::new(expr::Range {
+            range: [Expression::Number(*a), Expression::Number(*b)],
+        })),
+        Value::Text(s) | Value::Mac(s) => text(s.clone()),
+        Value::Keyword(word) => Expression::String(Cow::Borrowed(word)),
+        Value::SetRef(name) => text(format!("@{name}")),
+        Value::Keywords(words) => Expression::List(
+            words
+                .iter()
+                .map(|w| Expression::String(Cow::Borrowed(w)))
+                .collect(),
+        ),
+    }
+}
+
+fn statement(stmt: &Stmt) -> Statement<'static> {
+    match stmt {
+        Stmt::Match {
+            field,
+            equal,
+            value,
+        } => Statement::Match(stmt::Match {
+            left: field_expr(field),
+            right: value_expr(value),
+            op: match (equal, value) {
+                (true, Value::Keywords(_)) => stmt::Operator::IN,
+                (true, _) => stmt::Operator::EQ,
+                (false, _) => stmt::Operator::NEQ,
+            },
+        }),
+        Stmt::Accept => Statement::Accept(None),
+        Stmt::Drop => Statement::Drop(None),
+        Stmt::Return => Statement::Return(None),
+        Stmt::Jump(target) => Statement::Jump(stmt::JumpTarget {
+            target: Cow::Owned(target.clone()),
+        }),
+        Stmt::VerdictMap { field, map } => Statement::VerdictMap(stmt::VerdictMap {
+            key: field_expr(field),
+            data: Expression::String(Cow::Owned(format!("@{map}"))),
+        }),
+        Stmt::NatMap {
+            kind,
+            family,
+            field,
+            map,
+        } => nat_statement(
+            *kind,
+            *family,
+            Expression::Named(NamedExpression::Map(Box::new(expr::Map {
+                key: field_expr(field),
+                data: Expression::String(Cow::Owned(format!("@{map}"))),
+            }))),
+            None,
+        ),
+        Stmt::Nat {
+            kind,
+            family,
+            addr,
+            port,
+        } => nat_statement(
+            *kind,
+            *family,
+            Expression::String(Cow::Owned(addr.to_string())),
+            port.map(|p| Expression::Number(p.into())),
+        ),
+    }
+}
+
+fn nat_statement(
+    kind: NatKind,
+    family: IpFamily,
+    addr: Expression<'static>,
+    port: Option<Expression<'static>>,
+) -> Statement<'static> {
+    let nat = stmt::NAT {
+        addr: Some(addr),
+        family: Some(match family {
+            IpFamily::V4 => stmt::NATFamily::IP,
+            IpFamily::V6 => stmt::NATFamily::IP6,
+        }),
+        port,
+        flags: None,
+    };
+    match kind {
+        NatKind::Dnat => Statement::DNAT(Some(nat)),
+        NatKind::Snat => Statement::SNAT(Some(nat)),
+    }
+}
+
+fn set_type(name: &str) -> schema::SetType {
+    match name {
+        "ipv6_addr" => schema::SetType::Ipv6Addr,
+        "ifname" => schema::SetType::Ifname,
+        _ => schema::SetType::Ipv4Addr,
+    }
+}
+
+/// `add set` / `add map` (elements follow separately).
+fn add_set_command(id: &TableId, name: &str, set: &NftSet) -> Json {
+    let flags = set
+        .interval
+        .then(|| HashSet::from([schema::SetFlag::Interval]));
+    match set.value {
+        SetValue::None => cmd(NfCmd::Add(NfListObject::Set(Box::new(schema::Set {
+            family: nf_family(id.family),
+            table: Cow::Owned(id.name.clone()),
+            name: Cow::Owned(name.to_string()),
+            set_type: schema::SetTypeValue::Single(set_type(set.key_type)),
+            flags,
+            ..Default::default()
+        })))),
+        SetValue::Data(data) => cmd(NfCmd::Add(NfListObject::Map(Box::new(schema::Map {
+            family: nf_family(id.family),
+            table: Cow::Owned(id.name.clone()),
+            name: Cow::Owned(name.to_string()),
+            set_type: schema::SetTypeValue::Single(set_type(set.key_type)),
+            map: schema::SetTypeValue::Single(set_type(data)),
+            flags,
+            ..Default::default()
+        })))),
+        SetValue::Verdict => json!({"add": {"map": {
+            "family": id.family.as_str(), "table": id.name, "name": name,
+            "type": set.key_type, "map": "verdict",
+        }}}),
+    }
+}
+
+fn delete_set_command(id: &TableId, name: &str, was_map: bool) -> Json {
+    let kind = if was_map { "map" } else { "set" };
+    json!({"delete": {kind: {"family": id.family.as_str(), "table": id.name, "name": name}}})
+}
+
+fn element_json(key: &str, value: Option<&str>, interval: bool) -> Json {
+    let key_json = match (interval, key.parse::<IpNet>()) {
+        (true, Ok(net)) => {
+            json!({"prefix": {"addr": net.addr().to_string(), "len": net.prefix_len()}})
+        }
+        _ => json!(key),
+    };
+    match value {
+        None => key_json,
+        Some(value) => {
+            let value_json = if let Some(target) = value.strip_prefix("jump ") {
+                json!({"jump": {"target": target}})
+            } else if value == DROP_VALUE {
+                json!({"drop": null})
+            } else {
+                json!(value)
+            };
+            json!([key_json, value_json])
+        }
+    }
+}
+
+/// Elements to add or delete, grouped by set so each set takes one command.
+#[derive(Default)]
+struct ElementBatch {
+    by_set: BTreeMap<(TableId, String), Vec<Json>>,
+}
+
+impl ElementBatch {
+    fn push(&mut self, id: &TableId, set: &str, element: Json) {
+        self.by_set
+            .entry((id.clone(), set.to_string()))
+            .or_default()
+            .push(element);
+    }
+
+    fn commands(self, verb: &str) -> Vec<Json> {
+        self.by_set
+            .into_iter()
+            .map(|((id, set), elems)| {
+                json!({verb: {"element": {
+                    "family": id.family.as_str(), "table": id.name, "name": set, "elem": elems,
+                }}})
+            })
+            .collect()
+    }
+}
+
+/// The one transaction that makes `changes`, in an order the kernel
+/// accepts: containers first, then chain contents and elements (so every
+/// reference resolves), removals last (after what referenced them is gone).
+/// `state_id` is written into the state chain when `write_state` is set.
+pub fn build_transaction(
+    changes: &[&Change],
+    desired: &KernelState,
+    actual_sets: &dyn Fn(&TableId, &str) -> Option<bool>,
+    state: Option<&str>,
+) -> Vec<Json> {
+    let mut containers = Vec::new();
+    let mut contents = Vec::new();
+    let mut element_deletes = ElementBatch::default();
+    let mut element_adds = ElementBatch::default();
+    let mut flush_removed = Vec::new();
+    let mut removals = Vec::new();
+    let interval = |id: &TableId, set: &str| {
+        desired
+            .tables
+            .get(id)
+            .and_then(|t| t.sets.get(set))
+            .is_some_and(|s| s.interval)
+    };
+    for change in changes {
+        match change {
+            Change::AddTable(id) => containers.push(cmd(NfCmd::Add(table_object(id)))),
+            Change::RemoveTable(id) => {
+                removals.push(cmd(NfCmd::Delete(table_object(id))));
+            }
+            Change::AddSet { table, name, set } => {
+                containers.push(add_set_command(table, name, set));
+            }
+            Change::RemoveSet { table, name } => {
+                let was_map = actual_sets(table, name).unwrap_or(false);
+                let delete = delete_set_command(table, name, was_map);
+                // A set made anew (same name) must go before it is added.
+                let remade = changes.iter().any(|c| {
+                    matches!(c, Change::AddSet { table: t, name: n, .. } if t == table && n == name)
+                });
+                if remade {
+                    containers.insert(0, delete);
+                } else {
+                    removals.push(delete);
+                }
+            }
+            Change::AddChain { table, name, chain } => {
+                containers.push(cmd(NfCmd::Add(NfListObject::Chain(chain_object(
+                    table,
+                    name,
+                    chain.base.as_ref(),
+                )))));
+                contents.extend(chain.rules.iter().map(|r| rule_object(table, name, r)));
+            }
+            Change::ChangeChain {
+                table, name, chain, ..
+            } => {
+                // `add chain` with the base definition restores a hook
+                // someone removed; on an existing chain it changes nothing.
+                contents.push(cmd(NfCmd::Add(NfListObject::Chain(chain_object(
+                    table,
+                    name,
+                    chain.base.as_ref(),
+                )))));
+                contents.push(cmd(NfCmd::Flush(schema::FlushObject::Chain(chain_object(
+                    table, name, None,
+                )))));
+                contents.extend(chain.rules.iter().map(|r| rule_object(table, name, r)));
+            }
+            Change::RemoveChain { table, name, .. } => {
+                flush_removed.push(cmd(NfCmd::Flush(schema::FlushObject::Chain(chain_object(
+                    table, name, None,
+                )))));
+                removals.push(cmd(NfCmd::Delete(NfListObject::Chain(chain_object(
+                    table, name, None,
+                )))));
+            }
+            Change::AddElement {
+                table,
+                set,
+                key,
+                value,
+            } => element_adds.push(
+                table,
+                set,
+                element_json(key, value.as_deref(), interval(table, set)),
+            ),
+            Change::ChangeElement {
+                table,
+                set,
+                key,
+                old,
+                new,
+            } => {
+                let interval = interval(table, set);
+                element_deletes.push(table, set, element_json(key, old.as_deref(), interval));
+                element_adds.push(table, set, element_json(key, new.as_deref(), interval));
+            }
+            Change::RemoveElement {
+                table,
+                set,
+                key,
+                value,
+            } => element_deletes.push(
+                table,
+                set,
+                element_json(key, value.as_deref(), interval(table, set)),
+            ),
+            _ => {}
+        }
+    }
+    let mut batch = containers;
+    batch.extend(contents);
+    batch.extend(element_deletes.commands("delete"));
+    batch.extend(element_adds.commands("add"));
+    batch.extend(flush_removed);
+    batch.extend(removals);
+    if let Some(state_id) = state {
+        batch.extend(state_commands(state_id));
+    }
+    batch
+}
+
+/// Record the state id: chain `state` in `inet edgenet` holds one rule
+/// whose comment is the id. Never jumped to, so it filters nothing.
+fn state_commands(state_id: &str) -> Vec<Json> {
+    let id = TableId::ours(Family::Inet);
+    let rule = NftRule {
+        hash: String::new(),
+        statements: vec![Stmt::Return],
+        handle: None,
+    };
+    let mut add_rule = rule_object(&id, STATE_CHAIN, &rule);
+    add_rule["add"]["rule"]["comment"] = json!(format!("{STATE_COMMENT_PREFIX}{state_id}"));
+    vec![
+        cmd(NfCmd::Add(table_object(&id))),
+        cmd(NfCmd::Add(NfListObject::Chain(chain_object(
+            &id,
+            STATE_CHAIN,
+            None,
+        )))),
+        cmd(NfCmd::Flush(schema::FlushObject::Chain(chain_object(
+            &id,
+            STATE_CHAIN,
+            None,
+        )))),
+        add_rule,
+    ]
+}
+
+/// The same ruleset as nft text, for `nft -f` (the benchmark's baseline).
+pub fn ruleset_text(state: &KernelState) -> String {
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    for (id, table) in &state.tables {
+        let _ = writeln!(text, "table {id} {{");
+        for (name, set) in &table.sets {
+            let kind = if set.is_map() { "map" } else { "set" };
+            let value = match set.value {
+                SetValue::None => String::new(),
+                SetValue::Verdict => " : verdict".to_string(),
+                SetValue::Data(data) => format!(" : {data}"),
+            };
+            let _ = writeln!(text, "  {kind} {name} {{ type {}{value};", set.key_type);
+            if set.interval {
+                let _ = writeln!(text, "    flags interval;");
+            }
+            if !set.elements.is_empty() {
+                let elems: Vec<String> = set
+                    .elements
+                    .iter()
+                    .map(|(k, v)| match v {
+                        Some(v) => format!("{} : {v}", quote_ifname(set, k)),
+                        None => quote_ifname(set, k),
+                    })
+                    .collect();
+                let _ = writeln!(text, "    elements = {{ {} }}", elems.join(", "));
+            }
+            let _ = writeln!(text, "  }}");
+        }
+        for (name, chain) in &table.chains {
+            let _ = writeln!(text, "  chain {name} {{");
+            if let Some(base) = &chain.base {
+                let _ = writeln!(
+                    text,
+                    "    type {} hook {} priority {}; policy accept;",
+                    base.chain_type.as_str(),
+                    base.hook.as_str(),
+                    base.priority
+                );
+            }
+            for rule in &chain.rules {
+                let _ = writeln!(text, "    {} comment \"{}\"", rule.text(), rule.comment());
+            }
+            let _ = writeln!(text, "  }}");
+        }
+        let _ = writeln!(text, "}}");
+    }
+    text
+}
+
+fn quote_ifname(set: &NftSet, key: &str) -> String {
+    if set.key_type == "ifname" {
+        format!("\"{key}\"")
+    } else {
+        key.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn element_json_forms() {
+        assert_eq!(element_json("10.1.0.1", None, false), json!("10.1.0.1"));
+        assert_eq!(
+            element_json("10.1.0.0/16", None, true),
+            json!({"prefix": {"addr": "10.1.0.0", "len": 16}})
+        );
+        assert_eq!(
+            element_json("10.1.0.33", Some("jump in_x"), false),
+            json!(["10.1.0.33", {"jump": {"target": "in_x"}}])
+        );
+        assert_eq!(
+            element_json("10.1.0.34", Some("drop"), false),
+            json!(["10.1.0.34", {"drop": null}])
+        );
+    }
+
+    #[test]
+    fn read_back_parses_rules_sets_and_state() {
+        let listing = json!({"nftables": [
+            {"metainfo": {"json_schema_version": 1}},
+            {"table": {"family": "inet", "name": "edgenet", "handle": 1}},
+            {"chain": {"family": "inet", "table": "edgenet", "name": "forward", "handle": 2,
+                       "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"}},
+            {"chain": {"family": "inet", "table": "edgenet", "name": "state", "handle": 3}},
+            {"map": {"family": "inet", "name": "instances", "table": "edgenet", "type": "ipv4_addr",
+                     "handle": 4, "map": "verdict",
+                     "elem": [["10.1.0.33", {"jump": {"target": "in_i-1"}}], ["10.1.0.34", {"drop": null}]]}},
+            {"set": {"family": "inet", "name": "subnets4", "table": "edgenet", "type": "ipv4_addr",
+                     "handle": 5, "flags": ["interval"],
+                     "elem": [{"prefix": {"addr": "10.1.0.0", "len": 16}}]}},
+            {"rule": {"family": "inet", "table": "edgenet", "chain": "forward", "handle": 7,
+                      "comment": "edgenet:abc", "expr": []}},
+            {"rule": {"family": "inet", "table": "edgenet", "chain": "forward", "handle": 8, "expr": []}},
+            {"rule": {"family": "inet", "table": "edgenet", "chain": "state", "handle": 9,
+                      "comment": "edgenet-state:v1-abc", "expr": []}}
+        ]});
+        let id = TableId::ours(Family::Inet);
+        let (table, state) = parse_table(listing.to_string().as_bytes(), &id).unwrap();
+        assert_eq!(state.as_deref(), Some("v1-abc"));
+        assert!(!table.chains.contains_key(STATE_CHAIN));
+        let forward = &table.chains["forward"];
+        assert_eq!(forward.base.unwrap().hook, Hook::Forward);
+        let hashes: Vec<&str> = forward.rule_hashes().collect();
+        assert_eq!(hashes, ["abc", "foreign-8"]);
+        assert_eq!(forward.rules[0].handle, Some(7));
+        let instances = &table.sets["instances"];
+        assert_eq!(instances.value, SetValue::Verdict);
+        assert_eq!(
+            instances.elements["10.1.0.33"].as_deref(),
+            Some("jump in_i-1")
+        );
+        assert_eq!(instances.elements["10.1.0.34"].as_deref(), Some("drop"));
+        assert!(table.sets["subnets4"].elements.contains_key("10.1.0.0/16"));
+    }
+}

@@ -1,0 +1,414 @@
+//! The Linux dataplane against a real kernel, each test in network
+//! namespaces it creates (and deletes) itself. Needs root; without it these
+//! tests fail, they do not skip.
+//!
+//! Netlink sockets and `nft` belong to the namespace of the thread that
+//! opens or spawns them, so each test body runs on a thread that `setns`-ed
+//! into the test's namespace, with its own current-thread runtime.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::future::Future;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use edgenet_agent::dataplane::linux::{LinuxConfig, LinuxDataplane};
+use edgenet_agent::dataplane::{Dataplane, DataplaneError};
+use edgenet_agent::desired::{DriftKind, Family, KernelState, NftChain, NftRule, Stmt, TableId};
+use edgenet_agent::diff::{diff, Change};
+use edgenet_agent::render::{render, RenderSettings};
+use edgenet_model::NodeView;
+use nix::sched::{setns, CloneFlags};
+
+const VIEW: &str = include_str!("../src/dataplane/testdata/view-nc-1.json");
+
+/// A network namespace that lives as long as the value.
+struct NetNs {
+    name: String,
+}
+
+impl NetNs {
+    fn new(tag: &str) -> NetNs {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("edgenet-t{}-{n}-{tag}", std::process::id());
+        run("ip", &["netns", "add", &name]);
+        let ns = NetNs { name };
+        ns.sh("ip link set lo up");
+        ns
+    }
+
+    /// A node like the example view's: `eth0` (public), `br0` with one
+    /// instance port so it has carrier.
+    fn node(tag: &str) -> NetNs {
+        let ns = NetNs::new(tag);
+        ns.sh(
+            "ip link add eth0 type veth peer name eth0-peer && ip link set eth0 up && ip link set eth0-peer up && \
+             ip link add br0 type bridge && ip link set br0 up && \
+             ip link add vn_i-0a1b2c3d type veth peer name vm0 && ip link set vn_i-0a1b2c3d master br0 && \
+             ip link set vn_i-0a1b2c3d up && ip link set vm0 up",
+        );
+        ns
+    }
+
+    fn sh(&self, script: &str) -> String {
+        run("ip", &["netns", "exec", &self.name, "sh", "-c", script])
+    }
+
+    fn try_sh(&self, script: &str) -> Result<String, String> {
+        try_run("ip", &["netns", "exec", &self.name, "sh", "-c", script])
+    }
+
+    /// Run `body` inside the namespace on a thread of its own.
+    fn run<T, F, Fut>(&self, body: F) -> T
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = T>,
+    {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            setns(file, CloneFlags::CLONE_NEWNET).expect("setns (needs root)");
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(body())
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn try_run(program: &str, args: &[&str]) -> Result<String, String> {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| format!("{program}: {e}"))?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{program} {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+fn run(program: &str, args: &[&str]) -> String {
+    try_run(program, args).unwrap_or_else(|e| panic!("{e} (these tests need root)"))
+}
+
+fn view() -> NodeView {
+    serde_json::from_str(VIEW).expect("view parses")
+}
+
+fn desired() -> KernelState {
+    let rendered = render(&view(), &RenderSettings::default());
+    assert!(rendered.left_out.is_empty());
+    rendered.desired
+}
+
+fn config() -> LinuxConfig {
+    LinuxConfig::default()
+}
+
+/// Read, diff, apply; returns the number of changes made.
+async fn converge(dp: &mut LinuxDataplane, want: &KernelState, id: &str) -> usize {
+    let actual = dp.read().await.expect("read");
+    let changes = diff(&actual, want);
+    let report = dp.apply(&changes, want, id).await.expect("apply");
+    assert!(report.deferred.is_empty(), "{:?}", report.deferred);
+    changes.len()
+}
+
+/// Rule handles of our inet table, by chain, as `nft -a` shows them.
+fn rule_handles(ns: &NetNs) -> BTreeMap<String, Vec<u64>> {
+    let json = ns.sh("nft -j list table inet edgenet");
+    let document: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let mut handles: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for item in document["nftables"].as_array().unwrap() {
+        if let Some(rule) = item.get("rule") {
+            handles
+                .entry(rule["chain"].as_str().unwrap().to_string())
+                .or_default()
+                .push(rule["handle"].as_u64().unwrap());
+        }
+    }
+    handles
+}
+
+#[test]
+fn apply_then_read_back_then_nothing_more_to_do() {
+    let ns = NetNs::node("apply");
+    let state = ns.run(|| async {
+        let mut dp = LinuxDataplane::new(config()).unwrap();
+        let want = desired();
+        let made = converge(&mut dp, &want, "v1-first").await;
+        assert!(made > 20, "only {made} changes");
+        let back = dp.read().await.unwrap();
+        let left = diff(&back, &want);
+        assert!(
+            left.is_empty(),
+            "{}",
+            left.render_text("nc-1", None, "v1-first")
+        );
+        assert_eq!(back.state_id.as_deref(), Some("v1-first"));
+        // Idempotence: nothing to do, and nothing done.
+        let counters = dp.counters();
+        let before = (
+            counters.netlink_ops.load(Ordering::Relaxed),
+            counters.nft_transactions.load(Ordering::Relaxed),
+        );
+        let report = dp.apply(&left, &want, "v1-first").await.unwrap();
+        assert_eq!((report.netlink_ops, report.nft_transactions), (0, 0));
+        let after = (
+            counters.netlink_ops.load(Ordering::Relaxed),
+            counters.nft_transactions.load(Ordering::Relaxed),
+        );
+        assert_eq!(before, after);
+        back
+    });
+    assert_eq!(state.routes.len(), 1);
+    let routes = ns.sh("ip route show proto 159");
+    assert!(routes.contains("10.2.0.0/16 via 10.1.0.254"), "{routes}");
+    let eth0 = ns.sh("ip -4 addr show dev eth0");
+    assert!(eth0.contains("203.0.113.5/32"), "{eth0}");
+    let br0 = ns.sh("ip -4 addr show dev br0");
+    assert!(br0.contains("10.1.0.1/16"), "{br0}");
+    let ruleset = ns.sh("nft list table inet edgenet");
+    for needle in [
+        "chain sg_sg-web",
+        "chain in_i-0a1b2c3d",
+        "10.1.0.33 : jump in_i-0a1b2c3d",
+        "203.0.113.5 : 10.1.0.33",
+        "ip daddr vmap @instances",
+        "dnat ip to ip daddr map @dnat4",
+        "dnat ip to 10.111.5.11:8773",
+        "comment \"edgenet-state:v1-first\"",
+    ] {
+        assert!(ruleset.contains(needle), "no {needle:?} in\n{ruleset}");
+    }
+    let bridge = ns.sh("nft list table bridge edgenet");
+    assert!(
+        bridge.contains("ether saddr != d0:0d:0a:1b:2c:3d drop"),
+        "{bridge}"
+    );
+    assert_eq!(
+        ns.sh("sysctl -n net.ipv4.ip_forward net.bridge.bridge-nf-call-iptables"),
+        "1\n1\n"
+    );
+}
+
+#[test]
+fn foreign_routes_addresses_and_tables_survive() {
+    let ns = NetNs::node("owner");
+    ns.sh(
+        "ip addr add 192.0.2.10/24 dev eth0 && \
+         ip addr add 203.0.113.9/32 dev eth0 && \
+         ip route add 10.9.0.0/16 via 192.0.2.1 proto static && \
+         ip route add 10.8.0.0/16 via 192.0.2.1 proto 158 && \
+         ip route add 10.7.0.0/16 via 192.0.2.1 proto 159 && \
+         nft add table inet other && nft add chain inet other c && nft add rule inet other c accept && \
+         nft add table ip edgenet && nft add chain ip edgenet keep",
+    );
+    ns.run(|| async {
+        let mut dp = LinuxDataplane::new(config()).unwrap();
+        let want = desired();
+        let actual = dp.read().await.unwrap();
+        let changes = diff(&actual, &want);
+        let lines: Vec<String> = changes.changes.iter().map(Change::line).collect();
+        // Ours but unwanted: the proto-159 route and the pool address go.
+        assert!(
+            lines.contains(&"- route 10.7.0.0/16 via 192.0.2.1 dev eth0 proto 159".to_string()),
+            "{lines:?}"
+        );
+        assert!(lines.contains(&"- address 203.0.113.9/32 dev eth0".to_string()));
+        assert!(!lines.iter().any(|l| l.contains("192.0.2.10")));
+        dp.apply(&changes, &want, "v1-own").await.unwrap();
+    });
+    let routes = ns.sh("ip route show");
+    assert!(
+        routes.contains("10.9.0.0/16 via 192.0.2.1 dev eth0 proto static"),
+        "{routes}"
+    );
+    assert!(
+        routes.contains("10.8.0.0/16 via 192.0.2.1 dev eth0 proto 158"),
+        "{routes}"
+    );
+    assert!(!routes.contains("10.7.0.0/16"), "{routes}");
+    let eth0 = ns.sh("ip -4 addr show dev eth0");
+    assert!(eth0.contains("192.0.2.10/24"), "{eth0}");
+    assert!(!eth0.contains("203.0.113.9"), "{eth0}");
+    let other = ns.sh("nft list table inet other");
+    assert!(other.contains("accept"), "{other}");
+    ns.sh("nft list chain ip edgenet keep");
+}
+
+#[test]
+fn drift_of_route_chain_and_table_is_repaired() {
+    let ns = NetNs::node("drift");
+    let name = ns.name.clone();
+    ns.run(move || async move {
+        let exec = |script: &str| run("ip", &["netns", "exec", &name, "sh", "-c", script]);
+        let mut dp = LinuxDataplane::new(config()).unwrap();
+        let mut events = dp.drift_events().expect("monitor");
+        let want = desired();
+        converge(&mut dp, &want, "v1-d").await;
+
+        // A deleted route: the monitor says so at once.
+        exec("ip route del 10.2.0.0/16");
+        let event = tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .expect("a drift event in time")
+            .expect("monitor alive");
+        assert_eq!(event.what, DriftKind::Removed);
+        assert!(
+            event.object.starts_with("route 10.2.0.0/16"),
+            "{}",
+            event.object
+        );
+        assert_eq!(converge(&mut dp, &want, "v1-d").await, 1);
+
+        // A flushed chain: found by the rule hashes, rewritten alone.
+        exec("nft flush chain inet edgenet sg_sg-web");
+        let actual = dp.read().await.unwrap();
+        let changes = diff(&actual, &want);
+        let lines: Vec<String> = changes.changes.iter().map(Change::line).collect();
+        assert_eq!(
+            lines,
+            ["~ nft chain inet edgenet sg_sg-web: 0 rules -> 6 rules"]
+        );
+        dp.apply(&changes, &want, "v1-d").await.unwrap();
+
+        // A deleted table: made again whole, state id included.
+        exec("nft delete table inet edgenet");
+        assert!(converge(&mut dp, &want, "v1-d").await > 20);
+        let back = dp.read().await.unwrap();
+        assert!(diff(&back, &want).is_empty());
+        assert_eq!(back.state_id.as_deref(), Some("v1-d"));
+
+        // Our own writes are no drift.
+        assert!(events.try_recv().is_err());
+    });
+}
+
+#[test]
+fn restart_on_a_set_up_kernel_changes_nothing() {
+    let ns = NetNs::node("restart");
+    ns.run(|| async {
+        let mut dp = LinuxDataplane::new(config()).unwrap();
+        converge(&mut dp, &desired(), "v1-same").await;
+    });
+    let handles_before = rule_handles(&ns);
+    let (netlink_ops, transactions, state_id) = ns.run(|| async {
+        // A new agent process: nothing cached.
+        let mut dp = LinuxDataplane::new(config()).unwrap();
+        let want = desired();
+        let actual = dp.read().await.unwrap();
+        let changes = diff(&actual, &want);
+        assert!(
+            changes.is_empty(),
+            "{}",
+            changes.render_text("nc-1", None, "v1-same")
+        );
+        dp.apply(&changes, &want, "v1-same").await.unwrap();
+        let counters = dp.counters();
+        (
+            counters.netlink_ops.load(Ordering::Relaxed),
+            counters.nft_transactions.load(Ordering::Relaxed),
+            actual.state_id,
+        )
+    });
+    assert_eq!(netlink_ops, 0);
+    assert_eq!(transactions, 0);
+    assert_eq!(state_id.as_deref(), Some("v1-same"));
+    assert_eq!(rule_handles(&ns), handles_before);
+}
+
+#[test]
+fn refused_transaction_leaves_nothing_half_applied() {
+    let ns = NetNs::node("refused");
+    ns.run(|| async {
+        let mut dp = LinuxDataplane::new(config()).unwrap();
+        let want = desired();
+        converge(&mut dp, &want, "v1-good").await;
+        let before = dp.read().await.unwrap();
+
+        // A next state with good changes and one the kernel refuses: a
+        // chain name longer than NFT_CHAIN_MAXNAMELEN (256).
+        let mut next = want.clone();
+        let inet = next.tables.get_mut(&TableId::ours(Family::Inet)).unwrap();
+        inet.sets
+            .get_mut("grp_sg-lb")
+            .unwrap()
+            .elements
+            .insert("10.1.0.41".into(), None);
+        inet.chains.remove("sg_sg-web");
+        let long = "x".repeat(300);
+        inet.chains.insert(
+            long.clone(),
+            NftChain::regular(vec![NftRule::new(&long, 0, vec![Stmt::Accept])]),
+        );
+        let changes = diff(&before, &next);
+        assert!(changes.len() >= 3);
+        let error = dp
+            .apply(&changes, &next, "v1-bad")
+            .await
+            .expect_err("the kernel refuses the long name");
+        assert!(
+            matches!(error, DataplaneError::NftTransaction { .. }),
+            "{error}"
+        );
+
+        let after = dp.read().await.unwrap();
+        assert_eq!(
+            after.tables, before.tables,
+            "nothing of the transaction stayed"
+        );
+        assert_eq!(after.state_id.as_deref(), Some("v1-good"));
+    });
+}
+
+#[test]
+fn missing_bridge_is_deferred_and_the_rest_applied() {
+    let ns = NetNs::new("nobridge");
+    ns.sh("ip link add eth0 type veth peer name eth0-peer && ip link set eth0 up && ip link set eth0-peer up");
+    let name = ns.name.clone();
+    ns.run(move || async move {
+        let mut dp = LinuxDataplane::new(config()).unwrap();
+        let want = desired();
+        let actual = dp.read().await.unwrap();
+        let changes = diff(&actual, &want);
+        let report = dp.apply(&changes, &want, "v1-nb").await.unwrap();
+        let deferred: Vec<String> = report.deferred.iter().map(|d| d.change.line()).collect();
+        // The bridge address, and the route whose gateway only it reaches.
+        assert_eq!(deferred.len(), 2, "{deferred:?}");
+        assert!(deferred.iter().any(|l| l.contains("10.1.0.1/16 dev br0")));
+        let back = dp.read().await.unwrap();
+        assert!(back.table(Family::Inet).is_some(), "nftables applied anyway");
+        assert!(back.addresses.iter().any(|a| a.to_string() == "203.0.113.5/32 dev eth0"));
+
+        // The bridge comes up; the next resync completes the state.
+        run(
+            "ip",
+            &["netns", "exec", &name, "sh", "-c",
+              "ip link add br0 type bridge && ip link set br0 up && \
+               ip link add vn_i-0a1b2c3d type veth peer name vm0 && ip link set vn_i-0a1b2c3d master br0 && \
+               ip link set vn_i-0a1b2c3d up && ip link set vm0 up"],
+        );
+        assert_eq!(converge(&mut dp, &want, "v1-nb").await, 2);
+        assert!(diff(&dp.read().await.unwrap(), &want).is_empty());
+    });
+    let _ = ns.try_sh("true");
+}
