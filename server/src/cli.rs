@@ -1,0 +1,93 @@
+//! The `edgenet-server` command line (CLI.md).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// The DescribeNetworkModel long-poll endpoint of edgenet, with the
+/// development STS (AssumeRole), /healthz and /metrics on one listener.
+///
+/// Every request is authenticated with AWS SigV4 against the keys of
+/// --credentials (or not at all with --insecure-no-auth). The cloud model in
+/// --model is watched: a valid new content is swapped in atomically and only
+/// the parked polls whose node view changed are answered; an invalid one is
+/// refused and the last valid model keeps being served.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "edgenet-server", version, max_term_width = 100)]
+pub struct Cli {
+    /// The cloud model (JSON, MODEL.md). Must exist and be valid at start;
+    /// watched afterwards (rename-into-place and in-place writes both work).
+    #[arg(long, value_name = "FILE")]
+    pub model: PathBuf,
+
+    /// Address and port to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8773")]
+    pub listen: SocketAddr,
+
+    /// The long-term keys (TOML, CLI.md): who may sign requests, which roles
+    /// each may assume, the node each is bound to, and which are admins.
+    /// Refused unless mode 0600 or stricter.
+    #[arg(long, value_name = "FILE")]
+    pub credentials: Option<PathBuf>,
+
+    /// The 32-byte key that seals STS session tokens; created (mode 0600)
+    /// when absent. Replicas sharing it accept each other's tokens. Without
+    /// it a random key is used and tokens die with the process.
+    #[arg(long, value_name = "FILE")]
+    pub token_key: Option<PathBuf>,
+
+    /// The SigV4 region that signatures must be scoped to.
+    #[arg(long, value_name = "R", default_value = "eucalyptus")]
+    pub region: String,
+
+    /// Longest time a poll is held; larger WaitSeconds are clamped to it.
+    #[arg(long, value_name = "N", default_value_t = 60)]
+    pub max_wait_seconds: u64,
+
+    /// Most polls parked at once; past it polls get 503 RequestLimitExceeded
+    /// with Retry-After.
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    pub max_parked: usize,
+
+    /// PEM certificate chain: serve HTTPS (needs --tls-key).
+    #[arg(long, value_name = "F", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, value_name = "F", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Serve without authentication (every caller may read everything).
+    /// For development only; a warning is printed.
+    #[arg(long)]
+    pub insecure_no_auth: bool,
+
+    /// A client must send its request headers within this time, so a slow
+    /// client cannot hold a socket.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub header_read_timeout_seconds: u64,
+
+    /// Largest request body (form parameters) accepted, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Largest request head (request line and headers), in bytes; larger
+    /// heads are answered 431.
+    #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024)]
+    pub max_header_bytes: usize,
+
+    /// After a model file event, wait this long for the writes to settle
+    /// before reading it.
+    #[arg(long, value_name = "MS", default_value_t = 20)]
+    pub reload_debounce_ms: u64,
+
+    /// On SIGTERM, how long to wait for in-flight answers to be written.
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    pub shutdown_grace_seconds: u64,
+
+    /// Let the development STS grant durations down to 1 s (tests only;
+    /// AWS's minimum is 900 s).
+    #[arg(long)]
+    pub allow_short_sts_durations: bool,
+}

@@ -1,0 +1,462 @@
+//! HTTP request handling: routing, authentication, authorization, parameters
+//! (in that order, PROTOCOL.md), the actions, and the answers' wire form.
+
+use std::convert::Infallible;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use edgenet_auth::{DevSts, Principal, SignedRequest, StsError, Verifier};
+use http::header::{
+    HeaderValue, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE, ETAG, RETRY_AFTER, VARY,
+};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+
+use crate::errors::ApiError;
+use crate::hub::{Hub, PollAnswer, PollError};
+use crate::metrics::{AnswerKind, Metrics};
+use crate::model_source::ModelSource;
+use crate::params::{self, Params};
+use crate::status::{describe_node_status, FeedbackStore};
+
+/// `Retry-After` of a 503: long enough for parked polls to drain a little.
+const RETRY_AFTER_SECS: u64 = 5;
+
+/// How requests are authenticated.
+pub enum Auth {
+    /// SigV4 against the credentials file; the dev STS serves AssumeRole.
+    Verify { verifier: Verifier, sts: DevSts },
+    /// `--insecure-no-auth`: everyone is an admin. AssumeRole still works
+    /// when a credentials file was given.
+    Insecure { sts: Option<DevSts> },
+}
+
+/// Limits on what a client may send.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_wait: Duration,
+    pub max_body_bytes: usize,
+    pub body_read_timeout: Duration,
+}
+
+/// Everything a request handler needs.
+pub struct AppState {
+    pub hub: Arc<Hub>,
+    pub metrics: Arc<Metrics>,
+    pub feedback: FeedbackStore,
+    pub source: Arc<ModelSource>,
+    pub auth: Auth,
+    pub limits: Limits,
+}
+
+type Body = Full<Bytes>;
+
+/// What an action answers before it is put on the wire.
+enum Answer {
+    View {
+        node_id: String,
+        state_id: String,
+        view_json: Vec<u8>,
+    },
+    NotModified {
+        state_id: String,
+    },
+    Json(Vec<u8>),
+}
+
+/// The hyper service function.
+pub async fn handle(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let started = Instant::now();
+    let request_id = new_request_id();
+    let (mut response, kind) = route(&state, req, &request_id).await;
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-amzn-requestid", v);
+    }
+    state.metrics.answered(kind, started.elapsed());
+    Ok(response)
+}
+
+async fn route(
+    state: &AppState,
+    req: Request<Incoming>,
+    request_id: &str,
+) -> (Response<Body>, AnswerKind) {
+    let (parts, body) = req.into_parts();
+    let query = parts.uri.query().unwrap_or("");
+    if parts.method == Method::GET && !query.contains("Action=") {
+        match parts.uri.path() {
+            "/healthz" => {
+                return (
+                    plain(StatusCode::OK, "text/plain", "ok\n".into()),
+                    AnswerKind::Ok,
+                )
+            }
+            "/metrics" => {
+                let text = state.metrics.render(&state.hub);
+                return (
+                    plain(StatusCode::OK, "text/plain; version=0.0.4", text.into()),
+                    AnswerKind::Ok,
+                );
+            }
+            _ => {}
+        }
+    }
+    if parts.method != Method::GET && parts.method != Method::POST {
+        let mut r = plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "use GET or POST\n".into(),
+        );
+        r.headers_mut()
+            .insert(http::header::ALLOW, HeaderValue::from_static("GET, POST"));
+        return (r, AnswerKind::Error);
+    }
+    let body = match read_body(body, &state.limits).await {
+        Ok(b) => b,
+        Err(e) => return (error_response(&e, request_id), AnswerKind::Error),
+    };
+    let form = (parts.method == Method::POST && is_form(&parts.headers)).then_some(&body[..]);
+    let params = Params::parse(query, form);
+    let signed = SignedRequest {
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        query,
+        headers: &parts.headers,
+        body: &body,
+    };
+    if params.first_action() == Some("AssumeRole") {
+        return assume_role(state, &signed, request_id);
+    }
+    match ec2_action(state, &signed, &params).await {
+        Ok(answer) => wire(answer, accepts_gzip(&parts.headers)),
+        Err(e) => {
+            tracing::debug!(error = %e, "request refused");
+            (error_response(&e, request_id), AnswerKind::Error)
+        }
+    }
+}
+
+/// The development STS (its own XML wire format and error codes).
+fn assume_role(
+    state: &AppState,
+    signed: &SignedRequest<'_>,
+    request_id: &str,
+) -> (Response<Body>, AnswerKind) {
+    let sts = match &state.auth {
+        Auth::Verify { sts, .. } | Auth::Insecure { sts: Some(sts) } => sts,
+        Auth::Insecure { sts: None } => {
+            let e = StsError::InvalidAction(
+                "AssumeRole needs a server started with --credentials".into(),
+            );
+            let (status, _) = e.status_and_code();
+            return (xml(status, e.to_xml(request_id)), AnswerKind::Error);
+        }
+    };
+    let (status, body) = sts.handle(signed, SystemTime::now());
+    let kind = if status == 200 {
+        AnswerKind::Ok
+    } else {
+        AnswerKind::Error
+    };
+    (xml(status, body), kind)
+}
+
+/// The EC2 Query actions: authentication, then authorization, then parameters.
+async fn ec2_action(
+    state: &AppState,
+    signed: &SignedRequest<'_>,
+    params: &Params,
+) -> Result<Answer, ApiError> {
+    let principal = authenticate(state, signed)?;
+    let action = params.required("Action")?;
+    match action {
+        "DescribeNetworkModel" => describe_network_model(state, &principal, params).await,
+        "DescribeNodeStatus" => describe_status(state, &principal, params),
+        other => Err(ApiError::InvalidAction(format!(
+            "the action {other} is not valid for this web service"
+        ))),
+    }
+}
+
+fn authenticate(state: &AppState, signed: &SignedRequest<'_>) -> Result<Principal, ApiError> {
+    match &state.auth {
+        Auth::Verify { verifier, .. } => verifier
+            .verify(signed, "ec2", SystemTime::now())
+            .map_err(ApiError::Auth),
+        Auth::Insecure { .. } => Ok(Principal {
+            access_key_id: "anonymous".into(),
+            source_key_id: "anonymous".into(),
+            node: None,
+            admin: true,
+            temporary: false,
+            expiration: None,
+        }),
+    }
+}
+
+async fn describe_network_model(
+    state: &AppState,
+    principal: &Principal,
+    params: &Params,
+) -> Result<Answer, ApiError> {
+    let node = params::node_id(params)?;
+    if !principal.may_describe(node) {
+        return Err(ApiError::UnauthorizedOperation(format!(
+            "{} may not describe node {node}",
+            principal.access_key_id
+        )));
+    }
+    let p = params::describe_params(params, node, state.limits.max_wait)?;
+    if state.hub.current().state_id(node).is_none() {
+        return Err(ApiError::NodeNotFound(node.to_owned()));
+    }
+    state.feedback.record(node, &p.feedback, SystemTime::now());
+    let answer = state
+        .hub
+        .poll(node, p.state_id.as_deref(), p.wait)
+        .await
+        .map_err(|e| match e {
+            PollError::NodeNotFound => ApiError::NodeNotFound(node.to_owned()),
+            PollError::TooManyParked => ApiError::RequestLimitExceeded {
+                retry_after_secs: RETRY_AFTER_SECS,
+            },
+        })?;
+    Ok(match answer {
+        PollAnswer::View {
+            state_id,
+            view_json,
+        } => Answer::View {
+            node_id: node.to_owned(),
+            state_id: state_id.as_str().to_owned(),
+            view_json,
+        },
+        PollAnswer::NotModified { state_id } => Answer::NotModified {
+            state_id: state_id.as_str().to_owned(),
+        },
+    })
+}
+
+fn describe_status(
+    state: &AppState,
+    principal: &Principal,
+    params: &Params,
+) -> Result<Answer, ApiError> {
+    if !principal.may_read_status() {
+        return Err(ApiError::UnauthorizedOperation(format!(
+            "{} may not call DescribeNodeStatus: it needs an admin key",
+            principal.access_key_id
+        )));
+    }
+    params.check_version()?;
+    let index = state.hub.current();
+    Ok(Answer::Json(describe_node_status(
+        &index,
+        &state.feedback,
+        &state.source.status(),
+    )))
+}
+
+async fn read_body(body: Incoming, limits: &Limits) -> Result<Bytes, ApiError> {
+    let limited = Limited::new(body, limits.max_body_bytes);
+    match tokio::time::timeout(limits.body_read_timeout, limited.collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) => Err(ApiError::InvalidParameterValue(format!(
+            "request body unreadable or larger than {} bytes: {e}",
+            limits.max_body_bytes
+        ))),
+        Err(_) => Err(ApiError::InvalidParameterValue(
+            "request body not received in time".into(),
+        )),
+    }
+}
+
+fn is_form(headers: &HeaderMap) -> bool {
+    match headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+        None => true,
+        Some(ct) => ct.split(';').next().is_some_and(|m| {
+            m.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        }),
+    }
+}
+
+/// True when `Accept-Encoding` lists gzip (or `*`) with a non-zero quality.
+pub fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|item| {
+            let mut parts = item.split(';');
+            let coding = parts.next().unwrap_or("").trim();
+            let zero_quality = parts.any(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    .is_some_and(|q| q == 0.0)
+            });
+            (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !zero_quality
+        })
+}
+
+/// An answer in its wire form.
+fn wire(answer: Answer, gzip: bool) -> (Response<Body>, AnswerKind) {
+    match answer {
+        Answer::View {
+            node_id,
+            state_id,
+            view_json,
+        } => {
+            let body = view_body(&state_id, &node_id, &view_json);
+            let mut r = json_response(StatusCode::OK, body, gzip);
+            set_etag(&mut r, &state_id);
+            (r, AnswerKind::Ok)
+        }
+        Answer::NotModified { state_id } => {
+            let mut r = Response::new(Body::default());
+            *r.status_mut() = StatusCode::NOT_MODIFIED;
+            set_etag(&mut r, &state_id);
+            (r, AnswerKind::NotModified)
+        }
+        Answer::Json(body) => (json_response(StatusCode::OK, body, gzip), AnswerKind::Ok),
+    }
+}
+
+/// `{"StateId":…,"NodeId":…,"View":<canonical view bytes>}`; the view is
+/// embedded as is, so its bytes are exactly the ones its id hashes.
+fn view_body(state_id: &str, node_id: &str, view_json: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(view_json.len() + 96);
+    out.extend_from_slice(b"{\"StateId\":");
+    out.extend_from_slice(&json_string(state_id));
+    out.extend_from_slice(b",\"NodeId\":");
+    out.extend_from_slice(&json_string(node_id));
+    out.extend_from_slice(b",\"View\":");
+    out.extend_from_slice(view_json);
+    out.push(b'}');
+    out
+}
+
+fn json_string(s: &str) -> Vec<u8> {
+    serde_json::to_vec(s).unwrap_or_else(|_| b"\"\"".to_vec())
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>, gzip: bool) -> Response<Body> {
+    let (body, encoded) = if gzip {
+        match gzip_bytes(&body) {
+            Ok(z) => (z, true),
+            Err(_) => (body, false),
+        }
+    } else {
+        (body, false)
+    };
+    let mut r = Response::new(Body::new(body.into()));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(VARY, HeaderValue::from_static("Accept-Encoding"));
+    if encoded {
+        h.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    r
+}
+
+fn gzip_bytes(data: &[u8]) -> std::io::Result<Vec<u8>> {
+    // Fast level: answers are small and a model change answers thousands of
+    // them at once, so CPU time matters more than the last percent of size.
+    let mut enc = flate2::write::GzEncoder::new(
+        Vec::with_capacity(data.len() / 4 + 64),
+        flate2::Compression::fast(),
+    );
+    enc.write_all(data)?;
+    enc.finish()
+}
+
+fn set_etag(r: &mut Response<Body>, state_id: &str) {
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{state_id}\"")) {
+        r.headers_mut().insert(ETAG, v);
+    }
+}
+
+fn error_response(e: &ApiError, request_id: &str) -> Response<Body> {
+    let (status, _) = e.status_and_code();
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut r = json_response(status, e.to_json(request_id), false);
+    if let ApiError::RequestLimitExceeded { retry_after_secs } = e {
+        r.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+    }
+    r
+}
+
+fn xml(status: u16, body: String) -> Response<Body> {
+    let mut r = Response::new(Body::new(body.into()));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/xml"));
+    r
+}
+
+fn plain(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Body> {
+    let mut r = Response::new(Body::new(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+/// A request id in the AWS style (a random UUID v4 in text form).
+fn new_request_id() -> String {
+    let b: [u8; 16] = rand::random();
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-4{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gzip_negotiation() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(ACCEPT_ENCODING, HeaderValue::from_str(v).unwrap());
+            accepts_gzip(&m)
+        };
+        assert!(h("gzip"));
+        assert!(h("br, GZIP;q=0.5"));
+        assert!(h("*"));
+        assert!(!h("gzip;q=0"));
+        assert!(!h("identity"));
+        assert!(!accepts_gzip(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn view_body_embeds_the_view_bytes() {
+        let b = view_body("v1-ab", "nc-\"1", br#"{"schema":1}"#);
+        assert_eq!(
+            b,
+            br#"{"StateId":"v1-ab","NodeId":"nc-\"1","View":{"schema":1}}"#
+        );
+    }
+
+    #[test]
+    fn request_ids_look_like_uuids() {
+        let id = new_request_id();
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+    }
+}

@@ -1,0 +1,269 @@
+//! edgenet-server: the `DescribeNetworkModel` long-poll endpoint, the
+//! development STS, `/healthz` and `/metrics`, on one listener.
+//!
+//! [`start`] runs a server from a [`Cli`] inside the current tokio runtime;
+//! the binary and the integration tests both use it.
+
+pub mod cli;
+pub mod errors;
+pub mod handlers;
+pub mod hub;
+pub mod metrics;
+pub mod model_source;
+pub mod params;
+pub mod status;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgenet_auth::{DevSts, DevStsConfig, KeyStore, KeysError, TokenKey};
+use edgenet_model::ModelIndex;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+pub use cli::Cli;
+use handlers::{AppState, Auth, Limits};
+use hub::Hub;
+use metrics::Metrics;
+use model_source::{ModelSource, SourceError};
+use status::FeedbackStore;
+use tls::TlsError;
+
+/// Why the server did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("refusing to start without authentication: give --credentials FILE (or --insecure-no-auth for development only)")]
+    NoAuthentication,
+    #[error(transparent)]
+    Keys(#[from] KeysError),
+    #[error(transparent)]
+    Model(#[from] SourceError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot listen on {addr}: {reason}")]
+    Bind { addr: SocketAddr, reason: String },
+}
+
+/// A running server.
+pub struct Server {
+    local_addr: SocketAddr,
+    tls: bool,
+    stop: watch::Sender<bool>,
+    serving: JoinHandle<()>,
+    state: Arc<AppState>,
+}
+
+impl Server {
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// `http://addr/` or `https://addr/`.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}/", self.local_addr)
+    }
+
+    /// Polls parked right now.
+    pub fn parked_polls(&self) -> usize {
+        self.state.hub.parked()
+    }
+
+    /// Stops accepting, answers every parked poll `304` at once, lets the
+    /// in-flight answers be written (up to the grace time), then returns.
+    pub async fn shutdown(self) {
+        self.stop.send_replace(true);
+        if let Err(e) = self.serving.await {
+            tracing::error!(error = %e, "server task failed");
+        }
+    }
+}
+
+/// Loads credentials and the model, binds the listener and starts serving.
+pub async fn start(cli: &Cli) -> Result<Server, StartError> {
+    let auth = build_auth(cli)?;
+    let (source, model) = ModelSource::load_initial(&cli.model)?;
+    let model = Arc::new(model);
+    let index = tokio::task::spawn_blocking(move || ModelIndex::build(model))
+        .await
+        .expect("building the model index does not panic");
+    tracing::info!(path = %cli.model.display(), nodes = index.len(), "model loaded");
+    let tls = match (&cli.tls_cert, &cli.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+        _ => None,
+    };
+    let listener = TcpListener::bind(cli.listen)
+        .await
+        .map_err(|e| StartError::Bind {
+            addr: cli.listen,
+            reason: e.to_string(),
+        })?;
+    let local_addr = listener.local_addr().map_err(|e| StartError::Bind {
+        addr: cli.listen,
+        reason: e.to_string(),
+    })?;
+    let hub = Arc::new(Hub::new(index, cli.max_parked));
+    let metrics = Arc::new(Metrics::default());
+    let state = Arc::new(AppState {
+        hub: hub.clone(),
+        metrics: metrics.clone(),
+        feedback: FeedbackStore::default(),
+        source: source.clone(),
+        auth,
+        limits: Limits {
+            max_wait: Duration::from_secs(cli.max_wait_seconds),
+            max_body_bytes: cli.max_body_bytes,
+            body_read_timeout: Duration::from_secs(cli.header_read_timeout_seconds.max(1)),
+        },
+    });
+    let (stop, stop_rx) = watch::channel(false);
+    let debounce = Duration::from_millis(cli.reload_debounce_ms);
+    tokio::spawn(async move {
+        if let Err(e) = source.watch(hub, metrics, debounce, stop_rx).await {
+            tracing::error!(error = %e, "model file watch stopped");
+        }
+    });
+    let http = connection_builder(cli);
+    let conn = Connections {
+        state: state.clone(),
+        http,
+        tls: tls.clone(),
+        handshake_timeout: Duration::from_secs(cli.header_read_timeout_seconds.max(1)),
+    };
+    let grace = Duration::from_secs(cli.shutdown_grace_seconds);
+    let serving = tokio::spawn(serve(listener, conn, stop.subscribe(), grace));
+    tracing::info!(%local_addr, tls = tls.is_some(), "edgenet-server listening");
+    Ok(Server {
+        local_addr,
+        tls: tls.is_some(),
+        stop,
+        serving,
+        state,
+    })
+}
+
+fn build_auth(cli: &Cli) -> Result<Auth, StartError> {
+    let sts = match &cli.credentials {
+        None => None,
+        Some(path) => {
+            let keys = KeyStore::load(path)?;
+            let token_key = match &cli.token_key {
+                Some(p) => TokenKey::load_or_create(p)?,
+                None => {
+                    tracing::info!("no --token-key: session tokens are sealed with a random key and die with this process");
+                    TokenKey::generate()
+                }
+            };
+            let mut config = DevStsConfig::new(cli.region.clone());
+            if cli.allow_short_sts_durations {
+                config = config.allow_short_durations();
+            }
+            tracing::info!(keys = keys.len(), path = %path.display(), "credentials loaded");
+            Some(DevSts::new(keys, &token_key, config))
+        }
+    };
+    match (cli.insecure_no_auth, sts) {
+        (true, sts) => {
+            tracing::warn!("--insecure-no-auth: requests are NOT authenticated; every caller may read every node's view");
+            Ok(Auth::Insecure { sts })
+        }
+        (false, Some(sts)) => Ok(Auth::Verify {
+            verifier: sts.verifier(),
+            sts,
+        }),
+        (false, None) => Err(StartError::NoAuthentication),
+    }
+}
+
+fn connection_builder(cli: &Cli) -> http1::Builder {
+    let mut b = http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(cli.header_read_timeout_seconds.max(1)))
+        .max_buf_size(cli.max_header_bytes.max(8192))
+        .max_headers(64)
+        .keep_alive(true);
+    b
+}
+
+/// How accepted connections are served.
+#[derive(Clone)]
+struct Connections {
+    state: Arc<AppState>,
+    http: http1::Builder,
+    tls: Option<TlsAcceptor>,
+    handshake_timeout: Duration,
+}
+
+async fn serve(
+    listener: TcpListener,
+    conn: Connections,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _peer)) => {
+                    let _ = tcp.set_nodelay(true);
+                    tokio::spawn(conn.clone().serve_one(tcp, graceful.watcher()));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stop.changed() => break,
+        }
+    }
+    drop(listener);
+    tracing::info!(
+        parked = conn.state.hub.parked(),
+        "shutting down: answering parked polls 304"
+    );
+    conn.state.hub.shut_down();
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown grace time over with connections still open");
+    }
+    tracing::info!("server stopped");
+}
+
+impl Connections {
+    async fn serve_one(self, tcp: TcpStream, watcher: Watcher) {
+        match self.tls.clone() {
+            None => self.serve_io(tcp, watcher).await,
+            Some(acceptor) => {
+                match tokio::time::timeout(self.handshake_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => self.serve_io(tls, watcher).await,
+                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                }
+            }
+        }
+    }
+
+    async fn serve_io<I>(self, io: I, watcher: Watcher)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let state = self.state.clone();
+        let service = hyper::service::service_fn(move |req| handlers::handle(state.clone(), req));
+        let conn = self.http.serve_connection(TokioIo::new(io), service);
+        if let Err(e) = watcher.watch(conn).await {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+    }
+}

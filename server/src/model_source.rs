@@ -1,0 +1,262 @@
+//! The `--model FILE` source: the first load at start, then an inotify watch
+//! of the file's directory that reloads the model when the file changes.
+//!
+//! The directory is watched, not the file, so replacing the file by rename
+//! (the safe way to write it) is seen. In-place writes are read once the
+//! writer has closed the file and events have been quiet for the debounce
+//! time; a file read half-written fails validation and is refused like any
+//! invalid file, and the next complete write is picked up.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use edgenet_model::{parse_model, CloudModel, ModelError};
+use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
+use notify::{Event, EventKind, RecursiveMode, Watcher};
+use tokio::sync::{mpsc, watch};
+
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::status::ModelStatus;
+
+/// How long an unclosed in-place write may stay silent before the file is
+/// read anyway (a writer that keeps the file open, e.g. an editor).
+const OPEN_WRITE_PATIENCE: Duration = Duration::from_millis(1000);
+/// A slow safety net in case an inotify event is lost (e.g. the watch had to
+/// be re-established): the file's size and mtime are compared this often.
+const RECHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot read model file {path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("model file {path} is invalid:\n{}", .errors.join("\n"))]
+    Invalid { path: PathBuf, errors: Vec<String> },
+    #[error("cannot watch {path}: {reason}")]
+    Watch { path: PathBuf, reason: String },
+}
+
+/// The model file and what became of its last reads.
+pub struct ModelSource {
+    path: PathBuf,
+    status: Mutex<ModelStatus>,
+    /// Fingerprint of the last content read, to skip events that changed nothing.
+    last_content: Mutex<u64>,
+}
+
+impl ModelSource {
+    /// Reads and validates the file at start: a missing or invalid file
+    /// stops the server.
+    pub fn load_initial(path: &Path) -> Result<(Arc<Self>, CloudModel), SourceError> {
+        let bytes = std::fs::read(path).map_err(|e| SourceError::Read {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let model = parse_model(&bytes).map_err(|e| SourceError::Invalid {
+            path: path.to_owned(),
+            errors: e.lines(),
+        })?;
+        let source = ModelSource {
+            path: path.to_owned(),
+            status: Mutex::new(ModelStatus {
+                path: path.display().to_string(),
+                loaded_at: SystemTime::now(),
+                last_error: None,
+                invalid_count: 0,
+            }),
+            last_content: Mutex::new(fingerprint(&bytes)),
+        };
+        Ok((Arc::new(source), model))
+    }
+
+    pub fn status(&self) -> ModelStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Watches the file until `stop` turns true, reloading on changes.
+    pub async fn watch(
+        self: Arc<Self>,
+        hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
+        debounce: Duration,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<(), SourceError> {
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let _watcher = self.start_watcher(tx)?;
+        let mut recheck = tokio::time::interval(RECHECK_INTERVAL);
+        let mut last_meta = file_meta(&self.path);
+        loop {
+            tokio::select! {
+                event = events.recv() => {
+                    let Some(event) = event else { return Ok(()) };
+                    let open_write = self.settle(event, &mut events, debounce).await;
+                    if open_write {
+                        tracing::debug!(path = %self.path.display(), "reading model file still open for writing");
+                    }
+                }
+                _ = recheck.tick() => {
+                    let meta = file_meta(&self.path);
+                    if meta == last_meta { continue; }
+                }
+                _ = stop.changed() => return Ok(()),
+            }
+            last_meta = file_meta(&self.path);
+            self.reload(&hub, &metrics).await;
+        }
+    }
+
+    fn start_watcher(
+        &self,
+        tx: mpsc::UnboundedSender<Event>,
+    ) -> Result<notify::RecommendedWatcher, SourceError> {
+        let dir = match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let name = self.path.file_name().map(|n| n.to_owned());
+        let watch_error = |e: notify::Error| SourceError::Watch {
+            path: dir.clone(),
+            reason: e.to_string(),
+        };
+        let mut watcher =
+            notify::recommended_watcher(move |res: notify::Result<Event>| match res {
+                Ok(event) => {
+                    if event.paths.iter().any(|p| p.file_name() == name.as_deref()) {
+                        let _ = tx.send(event);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "model file watch error"),
+            })
+            .map_err(watch_error)?;
+        watcher
+            .watch(&dir, RecursiveMode::NonRecursive)
+            .map_err(watch_error)?;
+        tracing::info!(path = %self.path.display(), "watching model file");
+        Ok(watcher)
+    }
+
+    /// Waits until the events about the file have been quiet for `debounce`
+    /// and no writer holds it open (or has been silent for
+    /// [`OPEN_WRITE_PATIENCE`]). Returns whether a write was still open.
+    async fn settle(
+        &self,
+        first: Event,
+        events: &mut mpsc::UnboundedReceiver<Event>,
+        debounce: Duration,
+    ) -> bool {
+        let mut open_write = opens_write(&first.kind);
+        loop {
+            let quiet = if open_write {
+                OPEN_WRITE_PATIENCE
+            } else {
+                debounce
+            };
+            match tokio::time::timeout(quiet, events.recv()).await {
+                Ok(Some(event)) => {
+                    if closes_write(&event.kind) || renamed_in(&event.kind) {
+                        open_write = false;
+                    } else if opens_write(&event.kind) {
+                        open_write = true;
+                    }
+                }
+                Ok(None) | Err(_) => return open_write,
+            }
+        }
+    }
+
+    /// Reads the file; a valid new content is swapped in, an invalid one is
+    /// refused and recorded, and the last valid model stays.
+    pub async fn reload(&self, hub: &Arc<Hub>, metrics: &Metrics) {
+        let bytes = match tokio::fs::read(&self.path).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(path = %self.path.display(), error = %e, "model file unreadable; keeping the last valid model");
+                return;
+            }
+        };
+        let print = fingerprint(&bytes);
+        {
+            let mut last = self.last_content.lock().unwrap_or_else(|p| p.into_inner());
+            if *last == print {
+                tracing::debug!(path = %self.path.display(), "model file event without a content change");
+                return;
+            }
+            *last = print;
+        }
+        let hub = hub.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let model = parse_model(&bytes)?;
+            Ok::<_, ModelError>(hub.install_model(Arc::new(model)))
+        })
+        .await;
+        match outcome {
+            Ok(Ok(report)) => {
+                metrics.reload_ok();
+                let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+                status.loaded_at = SystemTime::now();
+                status.last_error = None;
+                tracing::info!(
+                    path = %self.path.display(),
+                    changed_views = report.changed_nodes.len(),
+                    woken_polls = report.woken_polls,
+                    "model reloaded and swapped in"
+                );
+            }
+            Ok(Err(e)) => self.refuse(metrics, e.lines()),
+            Err(e) => self.refuse(metrics, vec![format!("model reload failed: {e}")]),
+        }
+    }
+
+    fn refuse(&self, metrics: &Metrics, errors: Vec<String>) {
+        metrics.reload_refused();
+        for line in &errors {
+            tracing::error!(path = %self.path.display(), "{line}");
+        }
+        tracing::error!(
+            path = %self.path.display(),
+            errors = errors.len(),
+            "model file refused; still serving the last valid model"
+        );
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        status.invalid_count += 1;
+        status.last_error = Some(errors.join("\n"));
+    }
+}
+
+fn opens_write(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::Modify(ModifyKind::Data(_))
+            | EventKind::Create(CreateKind::File | CreateKind::Any)
+    )
+}
+
+fn closes_write(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::Access(AccessKind::Close(AccessMode::Write))
+    )
+}
+
+fn renamed_in(kind: &EventKind) -> bool {
+    matches!(kind, EventKind::Modify(ModifyKind::Name(_)))
+}
+
+fn fingerprint(bytes: &[u8]) -> u64 {
+    let mut h = DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+/// Size, mtime and inode: enough to notice a change inotify did not report.
+fn file_meta(path: &Path) -> Option<(u64, SystemTime, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.len(), m.modified().ok()?, m.ino()))
+}
