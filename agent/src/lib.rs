@@ -4,3 +4,13 @@ pub mod dataplane;
 pub mod desired;
 pub mod diff;
 pub mod render;
+
+// The control loop around them.
+pub mod cli;
+pub mod config;
+pub mod dryrun;
+pub mod metrics;
+pub mod notify;
+pub mod poller;
+pub mod reconcile;
+pub mod source;

@@ -1,1 +1,542 @@
-fn main() {}
+//! `edgenetd`: the binary edge. Parses the command line, sets up logging,
+//! wires the sources, the reconcile loop and the dataplane, and turns every
+//! error into one line on stderr with CLI.md's exit codes.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Result};
+use clap::Parser;
+use edgenet_agent::cli::{
+    ApplyArgs, Cli, Command, DataplaneKind, GenModelArgs, PlanArgs, RunArgs, SourceArgs, StatusArgs,
+};
+use edgenet_agent::config::{one_line, Config};
+use edgenet_agent::dataplane::{Dataplane, MemoryDataplane};
+use edgenet_agent::dryrun::{self, OutputFormat};
+use edgenet_agent::metrics::{self, Metrics};
+use edgenet_agent::poller::{credentials_from_config, Feedback, PollAnswer, Poller, PollerConfig};
+use edgenet_agent::reconcile::{apply_once, ReconcileError, ReconcileSettings, Reconciler};
+use edgenet_agent::render::RenderSettings;
+use edgenet_agent::source::{snapshot_from_model_file, LocalSource, Snapshot, SnapshotSender};
+use edgenet_auth::ClockSkew;
+use tokio::sync::watch;
+
+/// `plan`: changes pending; `status`: drift.
+const EXIT_DIFFERENCES: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return usage_error(error),
+    };
+    init_logging();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => {
+            // Our errors carry their cause in their message already.
+            eprintln!("edgenetd: {}", one_line(&error.to_string()));
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `--help`/`--version` print and succeed; anything else is a bad flag:
+/// one line, exit 1 (CLI.md), not clap's usual 2.
+fn usage_error(error: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = error.print();
+        return if error.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
+    let text = error.render().to_string();
+    let first = text
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or("error: invalid command line");
+    eprintln!(
+        "edgenetd: {} (see edgenetd --help)",
+        first.trim_start_matches("error: ")
+    );
+    ExitCode::from(1)
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("EDGENET_LOG")
+        .ok()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+async fn dispatch(cli: Cli) -> Result<u8> {
+    match cli.command {
+        Command::Run(args) => run(args).await,
+        Command::Plan(args) => plan(args).await,
+        Command::Apply(args) => apply(args).await,
+        Command::Status(args) => status(args).await,
+        Command::GenModel(args) => gen_model(args),
+    }
+}
+
+fn load_config(source: &SourceArgs) -> Result<Config> {
+    Ok(Config::load(source.config.as_deref(), &source.overrides())?)
+}
+
+fn render_settings(config: &Config) -> RenderSettings {
+    RenderSettings {
+        route_protocol: config.dataplane.route_protocol,
+        ..RenderSettings::default()
+    }
+}
+
+/// The dataplane `kind` names. The kernel one needs the Linux driver.
+fn open_dataplane(kind: DataplaneKind, _config: &Config) -> Result<Option<Box<dyn Dataplane>>> {
+    match kind {
+        DataplaneKind::None => Ok(None),
+        DataplaneKind::Memory => Ok(Some(Box::new(MemoryDataplane::new()))),
+        DataplaneKind::Kernel => Err(anyhow!(
+            "the kernel dataplane is not available in this build (use --dry-run, or --dataplane memory)"
+        )),
+    }
+}
+
+async fn run(args: RunArgs) -> Result<u8> {
+    let mut config = load_config(&args.source)?;
+    if let Some(listen) = args.metrics_listen {
+        config.metrics.listen = Some(listen);
+    }
+    let node = config.require_node()?.to_string();
+    check_source(&args.source, &config)?;
+    let metrics = Metrics::new();
+    if let Some(addr) = config.metrics.listen {
+        metrics::serve(addr, metrics.clone())
+            .await
+            .map_err(|e| anyhow!("cannot serve metrics on {addr}: {e}"))?;
+    }
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (reload_tx, reload_rx) = watch::channel(0u64);
+    tokio::spawn(handle_signals(shutdown_tx, reload_tx));
+    let (snapshot_tx, snapshot_rx) = watch::channel(None);
+
+    if args.dry_run {
+        let baseline = kernel_or_empty(args.source.dataplane, &config).await;
+        // Dry runs apply nothing, so they report nothing applied.
+        let (_feedback_tx, feedback_rx) = watch::channel(Feedback::default());
+        let sources =
+            SourceSupervisor::new(args.source.clone(), config.clone(), node.clone(), metrics);
+        let held = baseline.state_id.clone();
+        let source_task = tokio::spawn(sources.run(held, snapshot_tx, feedback_rx, reload_rx));
+        let mut stdout = std::io::stdout();
+        let result = dryrun::run_dry(
+            baseline,
+            snapshot_rx,
+            shutdown_rx,
+            render_settings(&config),
+            args.output,
+            args.once,
+            &mut stdout,
+        )
+        .await;
+        source_task.abort();
+        result?;
+        return Ok(0);
+    }
+
+    let dataplane = open_dataplane(args.source.dataplane, &config)?
+        .ok_or_else(|| anyhow!("--dataplane none can only plan: use --dry-run"))?;
+    let mut settings = ReconcileSettings::new(&node);
+    settings.render = render_settings(&config);
+    settings.resync = config.resync_period();
+    settings.once = args.once;
+    let (mut reconciler, feedback_rx) = Reconciler::new(settings, dataplane, metrics.clone());
+    let held = reconciler.read_applied_state_id().await.map_err(fatal)?;
+    if let Some(held) = &held {
+        tracing::info!(state_id = %held, "kernel holds a state applied earlier");
+    }
+    let sources = SourceSupervisor::new(args.source.clone(), config, node, metrics);
+    let source_task = tokio::spawn(sources.run(held, snapshot_tx, feedback_rx, reload_rx));
+    if let Some(period) = edgenet_agent::notify::watchdog_period() {
+        tokio::spawn(edgenet_agent::notify::watchdog(period));
+    }
+    let result = reconciler.run(snapshot_rx, shutdown_rx).await;
+    source_task.abort();
+    edgenet_agent::notify::SystemdNotifier::new().stopping();
+    result.map_err(fatal)?;
+    tracing::info!("stopped; kernel state left as it is");
+    Ok(0)
+}
+
+fn fatal(error: ReconcileError) -> anyhow::Error {
+    anyhow!(error)
+}
+
+/// A model file or at least one endpoint: say so at start, not in a loop.
+fn check_source(source: &SourceArgs, config: &Config) -> Result<()> {
+    if let Some(model) = &source.model {
+        // Fails loudly now on a missing or invalid file.
+        snapshot_from_model_file(model, config.require_node()?)?;
+    } else if config.endpoints.is_empty() {
+        bail!(
+            "nothing to follow: give --model FILE, --endpoint URL, or endpoints in the config file"
+        );
+    }
+    Ok(())
+}
+
+/// SIGTERM/SIGINT stop; SIGHUP asks for a configuration reload.
+async fn handle_signals(shutdown: watch::Sender<bool>, reload: watch::Sender<u64>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the configuration");
+                reload.send_modify(|n| *n += 1);
+            }
+        }
+    }
+    tracing::info!("stopping");
+    shutdown.send_replace(true);
+}
+
+/// Runs the snapshot source the configuration names, and restarts it with
+/// the new configuration on SIGHUP (an invalid new file is refused and the
+/// running source kept). `[dataplane]` and `[metrics]` changes need a
+/// restart.
+struct SourceSupervisor {
+    args: SourceArgs,
+    config: Config,
+    node: String,
+    metrics: Arc<Metrics>,
+}
+
+impl SourceSupervisor {
+    fn new(args: SourceArgs, config: Config, node: String, metrics: Arc<Metrics>) -> Self {
+        SourceSupervisor {
+            args,
+            config,
+            node,
+            metrics,
+        }
+    }
+
+    async fn run(
+        mut self,
+        mut held: Option<String>,
+        snapshots: SnapshotSender,
+        feedback: watch::Receiver<Feedback>,
+        mut reload: watch::Receiver<u64>,
+    ) {
+        loop {
+            let task = self.spawn(held.clone(), snapshots.clone(), feedback.clone());
+            if !self.wait_for_new_config(&mut reload).await {
+                let _ = task.await;
+                return;
+            }
+            task.abort();
+            held = snapshots
+                .borrow()
+                .as_ref()
+                .map(|s| s.state_id.clone())
+                .or(held);
+        }
+    }
+
+    /// Waits for a SIGHUP that brings a valid, different configuration;
+    /// `false` when no more reloads can come.
+    async fn wait_for_new_config(&mut self, reload: &mut watch::Receiver<u64>) -> bool {
+        loop {
+            if reload.changed().await.is_err() {
+                return false;
+            }
+            let loaded = load_config(&self.args).and_then(|c| {
+                c.require_node()?;
+                Ok(c)
+            });
+            match loaded {
+                Ok(config) if config == self.config => tracing::info!("configuration unchanged"),
+                Ok(config) => {
+                    if config.dataplane != self.config.dataplane
+                        || config.metrics != self.config.metrics
+                    {
+                        tracing::warn!(
+                            "[dataplane] and [metrics] changes take effect at the next restart"
+                        );
+                    }
+                    if let Some(node) = &config.node_id {
+                        self.node = node.clone();
+                    }
+                    self.config = config;
+                    tracing::info!("configuration reloaded; restarting the source");
+                    return true;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "new configuration refused; keeping the old one")
+                }
+            }
+        }
+    }
+
+    fn spawn(
+        &self,
+        held: Option<String>,
+        snapshots: SnapshotSender,
+        feedback: watch::Receiver<Feedback>,
+    ) -> tokio::task::JoinHandle<()> {
+        if let Some(model) = &self.args.model {
+            let source = LocalSource::new(model.clone(), self.node.clone());
+            return tokio::spawn(async move {
+                if let Err(error) = source.run(snapshots).await {
+                    tracing::error!(%error, "model file source stopped; keeping the last view");
+                }
+            });
+        }
+        let skew = Arc::new(ClockSkew::new());
+        let poller = credentials_from_config(&self.config, &self.node, skew.clone())
+            .and_then(|creds| Poller::new(self.poller_config(), creds, skew, self.metrics.clone()));
+        tokio::spawn(async move {
+            match poller {
+                Ok(poller) => poller.run(held, snapshots, feedback).await,
+                Err(error) => tracing::error!(%error, "cannot poll; keeping the applied state"),
+            }
+        })
+    }
+
+    fn poller_config(&self) -> PollerConfig {
+        let mut config = PollerConfig::new(self.node.clone(), self.config.endpoints.clone());
+        config.region = self.config.region.clone();
+        config.wait_seconds = self.config.wait_seconds;
+        config.ca_file = self.config.tls.ca_file.clone();
+        config
+    }
+}
+
+/// One snapshot: from the model file, or an immediate answer (WaitSeconds=0)
+/// from the first endpoint that gives one.
+async fn one_snapshot(source: &SourceArgs, config: &Config, node: &str) -> Result<Snapshot> {
+    if let Some(model) = &source.model {
+        return Ok(snapshot_from_model_file(model, node)?);
+    }
+    if config.endpoints.is_empty() {
+        bail!("nothing to plan from: give --model FILE, --endpoint URL, or endpoints in the config file");
+    }
+    let skew = Arc::new(ClockSkew::new());
+    let credentials = credentials_from_config(config, node, skew.clone())?;
+    let mut poller_config = PollerConfig::new(node, config.endpoints.clone());
+    poller_config.region = config.region.clone();
+    poller_config.wait_seconds = 0;
+    poller_config.ca_file = config.tls.ca_file.clone();
+    let poller = Poller::new(poller_config, credentials, skew, Metrics::new())?;
+    let mut last_error = None;
+    for endpoint in &config.endpoints {
+        match poller.poll_once(endpoint, None, &Feedback::default()).await {
+            Ok(PollAnswer::View(snapshot)) => return Ok(snapshot),
+            Ok(PollAnswer::NotModified) => {
+                last_error = Some(anyhow!(
+                    "{endpoint}: answered 304 to a poll without StateId"
+                ))
+            }
+            Err(error) => last_error = Some(error.into()),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| anyhow!("no endpoint answered")))
+}
+
+async fn plan(args: PlanArgs) -> Result<u8> {
+    let config = load_config(&args.source)?;
+    let node = config.require_node()?.to_string();
+    let snapshot = one_snapshot(&args.source, &config, &node).await?;
+    let baseline = kernel_or_empty(args.source.dataplane, &config).await;
+    let (changes, _) = dryrun::plan(&baseline, &snapshot, &render_settings(&config))?;
+    let text = dryrun::format_diff(
+        &changes,
+        &node,
+        baseline.state_id.as_deref(),
+        &snapshot.state_id,
+        args.output,
+    );
+    write_stdout(&text)?;
+    Ok(if changes.is_empty() {
+        0
+    } else {
+        EXIT_DIFFERENCES
+    })
+}
+
+/// The kernel's state, or an empty one with a note when it cannot be read.
+async fn kernel_or_empty(
+    kind: DataplaneKind,
+    config: &Config,
+) -> edgenet_agent::desired::KernelState {
+    let mut dataplane = match open_dataplane(kind, config) {
+        Ok(dataplane) => dataplane,
+        Err(error) => {
+            dryrun::note(&format!("{error:#}"));
+            return Default::default();
+        }
+    };
+    let (baseline, note) = dryrun::kernel_baseline(dataplane.as_mut()).await;
+    if let Some(note) = note {
+        dryrun::note(&note);
+    }
+    baseline
+}
+
+async fn apply(args: ApplyArgs) -> Result<u8> {
+    let Some(model) = args.source.model.as_deref() else {
+        bail!("apply needs --model FILE");
+    };
+    let config = load_config(&args.source)?;
+    let node = config.require_node()?.to_string();
+    let snapshot = snapshot_from_model_file(model, &node)?;
+    if snapshot.view.is_none() {
+        bail!(
+            "the view of {node} in {} is unusable: {}",
+            model.display(),
+            snapshot.left_out.join("; ")
+        );
+    }
+    let mut dataplane = open_dataplane(args.source.dataplane, &config)?
+        .ok_or_else(|| anyhow!("--dataplane none cannot apply"))?;
+    let (changes, from) =
+        apply_once(dataplane.as_mut(), &snapshot, &render_settings(&config)).await?;
+    for left_out in &snapshot.left_out {
+        tracing::warn!("left out: {left_out}");
+    }
+    write_stdout(&changes.render_text(&node, from.as_deref(), &snapshot.state_id))?;
+    Ok(0)
+}
+
+#[derive(serde::Serialize)]
+struct StatusReport {
+    node: Option<String>,
+    applied_state_id: Option<String>,
+    objects: std::collections::BTreeMap<&'static str, usize>,
+    drift: Vec<String>,
+}
+
+async fn status(args: StatusArgs) -> Result<u8> {
+    let config = load_config(&args.source)?;
+    let mut dataplane = open_dataplane(args.source.dataplane, &config)?
+        .ok_or_else(|| anyhow!("status needs a dataplane to read"))?;
+    let kernel = dataplane.read().await?;
+    let drift = match (&kernel.state_id, config.node_id.as_deref()) {
+        (Some(applied), Some(node)) if has_source(&args.source, &config) => {
+            drift_against(&args.source, &config, node, applied, &kernel).await?
+        }
+        _ => Vec::new(),
+    };
+    let report = StatusReport {
+        node: config.node_id.clone(),
+        applied_state_id: kernel.state_id.clone(),
+        objects: kernel.object_counts(),
+        drift,
+    };
+    let text = match args.output {
+        OutputFormat::Json => serde_json::to_string(&report)? + "\n",
+        OutputFormat::Text => status_text(&report),
+    };
+    write_stdout(&text)?;
+    Ok(if report.drift.is_empty() {
+        0
+    } else {
+        EXIT_DIFFERENCES
+    })
+}
+
+fn has_source(source: &SourceArgs, config: &Config) -> bool {
+    source.model.is_some() || !config.endpoints.is_empty()
+}
+
+/// The objects that differ from the applied view, when the view that is
+/// current is the applied one (otherwise the node is behind, not drifted).
+async fn drift_against(
+    source: &SourceArgs,
+    config: &Config,
+    node: &str,
+    applied: &str,
+    kernel: &edgenet_agent::desired::KernelState,
+) -> Result<Vec<String>> {
+    let snapshot = one_snapshot(source, config, node).await?;
+    if snapshot.state_id != applied {
+        eprintln!(
+            "note: applied {applied}, current view is {}: drift not computed",
+            snapshot.state_id
+        );
+        return Ok(Vec::new());
+    }
+    let (changes, _) = dryrun::plan(kernel, &snapshot, &render_settings(config))?;
+    Ok(changes.sorted().iter().map(|c| c.named_object()).collect())
+}
+
+fn status_text(report: &StatusReport) -> String {
+    let mut text = format!(
+        "node: {}\napplied state: {}\n",
+        report.node.as_deref().unwrap_or("(not configured)"),
+        report.applied_state_id.as_deref().unwrap_or("none")
+    );
+    for (kind, n) in &report.objects {
+        text.push_str(&format!("  {kind}: {n}\n"));
+    }
+    if report.drift.is_empty() {
+        text.push_str("in sync\n");
+    } else {
+        text.push_str(&format!("drift: {} objects\n", report.drift.len()));
+        for object in &report.drift {
+            text.push_str(&format!("  {object}\n"));
+        }
+    }
+    text
+}
+
+fn gen_model(args: GenModelArgs) -> Result<u8> {
+    use edgenet_model::synthetic::{generate, Shape};
+    let model = generate(Shape {
+        nodes: args.nodes,
+        instances: args.instances,
+        groups: args.groups,
+        seed: args.seed,
+    });
+    let mut text = serde_json::to_string_pretty(&model)?;
+    text.push('\n');
+    write_stdout(&text)?;
+    Ok(0)
+}
+
+/// Writes to stdout; a closed pipe (`| head`) is not an error worth a line.
+fn write_stdout(text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}

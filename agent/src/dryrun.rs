@@ -1,0 +1,192 @@
+//! Plans without applying: `plan` (one snapshot against the kernel) and
+//! `run --dry-run` (the first snapshot against the kernel, then each
+//! snapshot against the previous one).
+//!
+//! When the kernel cannot be read (no privileges, no nftables), the first
+//! diff is against an empty state, with a note on stderr saying so: the
+//! README's first command must work on a laptop without root.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::dataplane::Dataplane;
+use crate::desired::KernelState;
+use crate::diff::{diff, ChangeSet};
+use crate::notify::SystemdNotifier;
+use crate::render::{render, RenderSettings};
+use crate::source::{Snapshot, SnapshotReceiver};
+
+/// How diffs are printed (CLI.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum OutputFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DryRunError {
+    #[error("cannot write the diff: {0}")]
+    Output(#[from] std::io::Error),
+    #[error("the snapshot source ended before any snapshot came")]
+    NoSnapshot,
+    #[error("view {state_id} is unusable: {problems}")]
+    Unusable { state_id: String, problems: String },
+}
+
+/// The kernel's state as the baseline of the first diff, or an empty state
+/// and the reason the kernel could not be read.
+pub async fn kernel_baseline(
+    dataplane: Option<&mut Box<dyn Dataplane>>,
+) -> (KernelState, Option<String>) {
+    match dataplane {
+        None => (
+            KernelState::default(),
+            Some("the kernel is not read (--dataplane none)".into()),
+        ),
+        Some(dataplane) => match dataplane.read().await {
+            Ok(state) => (state, None),
+            Err(error) => (
+                KernelState::default(),
+                Some(format!("cannot read the kernel state ({error})")),
+            ),
+        },
+    }
+}
+
+/// The diff that would bring `baseline` to `snapshot`, and the state it
+/// would leave (the next baseline).
+pub fn plan(
+    baseline: &KernelState,
+    snapshot: &Snapshot,
+    settings: &RenderSettings,
+) -> Result<(ChangeSet, KernelState), DryRunError> {
+    let view = snapshot
+        .view
+        .as_deref()
+        .ok_or_else(|| DryRunError::Unusable {
+            state_id: snapshot.state_id.clone(),
+            problems: snapshot.left_out.join("; "),
+        })?;
+    let rendered = render(view, settings);
+    for left_out in &rendered.left_out {
+        tracing::warn!("left out: {left_out}");
+    }
+    let mut desired = rendered.desired;
+    desired.state_id = Some(snapshot.state_id.clone());
+    Ok((diff(baseline, &desired), desired))
+}
+
+/// CLI.md's text or JSON form of a diff.
+pub fn format_diff(
+    changes: &ChangeSet,
+    node: &str,
+    from: Option<&str>,
+    to: &str,
+    format: OutputFormat,
+) -> String {
+    match format {
+        OutputFormat::Text => changes.render_text(node, from, to),
+        OutputFormat::Json => changes.render_json(node, from, to),
+    }
+}
+
+/// Prints a note to stderr, where it does not spoil a piped diff.
+pub fn note(text: &str) {
+    eprintln!("note: {text}; showing the diff against an empty state");
+}
+
+/// `run --dry-run`: prints a diff per snapshot until `shutdown` (or after
+/// the first with `once`). Returns how many diffs were printed.
+pub async fn run_dry(
+    mut baseline: KernelState,
+    mut snapshots: SnapshotReceiver,
+    mut shutdown: watch::Receiver<bool>,
+    settings: RenderSettings,
+    format: OutputFormat,
+    once: bool,
+    out: &mut (dyn Write + Send),
+) -> Result<usize, DryRunError> {
+    let mut notifier = SystemdNotifier::new();
+    let mut printed = 0;
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stop| *stop) => return Ok(printed),
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    return if printed > 0 { Ok(printed) } else { Err(DryRunError::NoSnapshot) };
+                }
+            }
+        }
+        let Some(snapshot) = snapshots.borrow_and_update().clone() else {
+            continue;
+        };
+        match print_one(&baseline, &snapshot, &settings, format, out) {
+            Ok(next) => {
+                baseline = next;
+                printed += 1;
+                notifier.ready(&format!("dry run: planned {}", snapshot.state_id));
+                if once {
+                    return Ok(printed);
+                }
+            }
+            Err(DryRunError::Unusable { state_id, problems }) => {
+                tracing::error!(%state_id, %problems, "view unusable; nothing planned");
+            }
+            Err(other) => return Err(other),
+        }
+    }
+}
+
+fn print_one(
+    baseline: &KernelState,
+    snapshot: &Arc<Snapshot>,
+    settings: &RenderSettings,
+    format: OutputFormat,
+    out: &mut (dyn Write + Send),
+) -> Result<KernelState, DryRunError> {
+    let (changes, desired) = plan(baseline, snapshot, settings)?;
+    let text = format_diff(
+        &changes,
+        &snapshot.node,
+        baseline.state_id.as_deref(),
+        &snapshot.state_id,
+        format,
+    );
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(desired)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::snapshot_from_model_file;
+    use std::path::Path;
+
+    #[test]
+    fn plans_against_empty_then_against_itself() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/cloud.json");
+        let snapshot = snapshot_from_model_file(&path, "nc-1").unwrap();
+        let settings = RenderSettings::default();
+        let (changes, desired) = plan(&KernelState::default(), &snapshot, &settings).unwrap();
+        assert!(!changes.is_empty());
+        let text = format_diff(
+            &changes,
+            "nc-1",
+            None,
+            &snapshot.state_id,
+            OutputFormat::Text,
+        );
+        let first = text.lines().next().unwrap();
+        assert!(
+            first.starts_with(&format!("nc-1: none -> {}: ", snapshot.state_id)),
+            "{first}"
+        );
+        let (again, _) = plan(&desired, &snapshot, &settings).unwrap();
+        assert!(again.is_empty());
+    }
+}

@@ -1,0 +1,380 @@
+//! The level-triggered control loop: desired state (rendered from the latest
+//! snapshot) against the kernel's actual state, until they agree.
+//!
+//! - The latest snapshot wins: snapshots arrive through a `watch` channel,
+//!   so those that come while an apply runs are folded into the newest.
+//! - The actual state is read in full at start, after any failure, on a
+//!   drift event and at each periodic resync (60 s ± 10 %); in between it
+//!   is kept current from our own successful writes.
+//! - Fail static: nothing but a valid view changes what is applied. An
+//!   unusable view, a failed read or a failed apply keeps the kernel as it
+//!   is, and the apply is retried with backoff as a full resync.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use tokio::sync::{mpsc, watch};
+
+use crate::dataplane::{Dataplane, DataplaneError};
+use crate::desired::{DriftEvent, KernelState};
+use crate::diff::diff;
+use crate::metrics::Metrics;
+use crate::notify::SystemdNotifier;
+use crate::poller::{Backoff, Feedback};
+use crate::render::{render, RenderSettings};
+use crate::source::{Snapshot, SnapshotReceiver};
+
+#[derive(Debug, Clone)]
+pub struct ReconcileSettings {
+    pub node: String,
+    pub render: RenderSettings,
+    /// Mean period of the full resync; each wait is drawn ± 10 % around it
+    /// so that nodes do not resync in step.
+    pub resync: Duration,
+    /// Stop after the first snapshot is handled (`--once`).
+    pub once: bool,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+impl ReconcileSettings {
+    pub fn new(node: impl Into<String>) -> Self {
+        ReconcileSettings {
+            node: node.into(),
+            render: RenderSettings::default(),
+            resync: Duration::from_secs(60),
+            once: false,
+            backoff_min: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why the loop stopped with an error (everything else is retried).
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// Missing privileges will not go away by retrying.
+    #[error(transparent)]
+    Fatal(DataplaneError),
+    #[error("the snapshot source ended before any snapshot could be applied")]
+    NoSnapshot,
+}
+
+/// What the loop did with one snapshot (for `--once`, tests and status).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub state_id: String,
+    /// Kernel changes made.
+    pub changes: usize,
+    pub left_out: Vec<String>,
+}
+
+/// The control loop, owning the dataplane.
+pub struct Reconciler {
+    settings: ReconcileSettings,
+    dataplane: Box<dyn Dataplane>,
+    metrics: Arc<Metrics>,
+    feedback: watch::Sender<Feedback>,
+    notifier: SystemdNotifier,
+    /// The kernel as we believe it is; `None` = read it in full first.
+    actual: Option<KernelState>,
+    /// The snapshot to converge to (the latest usable one).
+    target: Option<Arc<Snapshot>>,
+    backoff: Backoff,
+    retry_at: Option<tokio::time::Instant>,
+}
+
+impl Reconciler {
+    pub fn new(
+        settings: ReconcileSettings,
+        dataplane: Box<dyn Dataplane>,
+        metrics: Arc<Metrics>,
+    ) -> (Self, watch::Receiver<Feedback>) {
+        let (feedback, feedback_rx) = watch::channel(Feedback::default());
+        let backoff = Backoff::new(settings.backoff_min, settings.backoff_max);
+        let reconciler = Reconciler {
+            settings,
+            dataplane,
+            metrics,
+            feedback,
+            notifier: SystemdNotifier::new(),
+            actual: None,
+            target: None,
+            backoff,
+            retry_at: None,
+        };
+        (reconciler, feedback_rx)
+    }
+
+    /// Reads the kernel once, so the poller can start from the state id
+    /// already applied (a restart then re-applies nothing). `None` when the
+    /// kernel cannot be read yet: the loop tries again.
+    pub async fn read_applied_state_id(&mut self) -> Result<Option<String>, ReconcileError> {
+        match self.dataplane.read().await {
+            Ok(state) => {
+                let id = state.state_id.clone();
+                if let Some(id) = &id {
+                    self.feedback.send_replace(Feedback {
+                        applied_state_id: Some(id.clone()),
+                        apply_error: None,
+                    });
+                }
+                self.actual = Some(state);
+                Ok(id)
+            }
+            Err(error) if !error.is_retryable() => Err(ReconcileError::Fatal(error)),
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the kernel state yet");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Runs until `shutdown` turns true (or, with `once`, until the first
+    /// snapshot is applied). The kernel is left as it is on return.
+    pub async fn run(
+        mut self,
+        mut snapshots: SnapshotReceiver,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<Option<Applied>, ReconcileError> {
+        let mut drift = self
+            .dataplane
+            .drift_events()
+            .unwrap_or_else(|| mpsc::channel(1).1);
+        let mut drift_open = true;
+        let mut resync_at = tokio::time::Instant::now() + self.resync_wait();
+        let mut last = None;
+        loop {
+            let retry_at = self.retry_at;
+            tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|stop| *stop) => return Ok(last),
+                changed = snapshots.changed() => {
+                    if changed.is_err() {
+                        return if last.is_some() { Ok(last) } else { Err(ReconcileError::NoSnapshot) };
+                    }
+                    let snapshot = snapshots.borrow_and_update().clone();
+                    if let Some(snapshot) = snapshot {
+                        self.accept(snapshot);
+                    }
+                }
+                event = drift.recv(), if drift_open => match event {
+                    Some(event) => self.on_drift(event, &mut drift),
+                    None => drift_open = false,
+                },
+                _ = tokio::time::sleep_until(resync_at) => {
+                    tracing::debug!("periodic resync");
+                    self.actual = None;
+                    resync_at = tokio::time::Instant::now() + self.resync_wait();
+                }
+                _ = sleep_until_opt(retry_at), if retry_at.is_some() => {
+                    self.retry_at = None;
+                }
+            }
+            if self.retry_at.is_some() {
+                continue;
+            }
+            if let Some(applied) = self.converge().await? {
+                last = Some(applied);
+                if self.settings.once {
+                    return Ok(last);
+                }
+            }
+        }
+    }
+
+    /// Takes a new snapshot as the target, unless nothing in it is usable.
+    fn accept(&mut self, snapshot: Arc<Snapshot>) {
+        if snapshot.view.is_none() {
+            tracing::error!(
+                state_id = %snapshot.state_id,
+                problems = %snapshot.left_out.join("; "),
+                "view unusable; keeping the applied state"
+            );
+            self.send_feedback(Some(format!(
+                "view {} unusable: {}",
+                snapshot.state_id,
+                snapshot.left_out.join("; ")
+            )));
+            return;
+        }
+        self.target = Some(snapshot);
+        // A new target is worth trying at once, even while backing off.
+        self.retry_at = None;
+    }
+
+    fn on_drift(&mut self, first: DriftEvent, drift: &mut mpsc::Receiver<DriftEvent>) {
+        let mut objects = vec![first.object];
+        // Events come in bursts (a flushed table): one resync for all.
+        while let Ok(more) = drift.try_recv() {
+            objects.push(more.object);
+        }
+        tracing::warn!(count = objects.len(), first = %objects[0], "drift detected; resyncing");
+        self.actual = None;
+    }
+
+    /// One pass: read (if needed), render, diff, apply. Errors are kept in
+    /// the loop (backoff), except those retrying cannot fix.
+    async fn converge(&mut self) -> Result<Option<Applied>, ReconcileError> {
+        let Some(target) = self.target.clone() else {
+            return Ok(None);
+        };
+        let Some(view) = target.view.as_deref() else {
+            return Ok(None);
+        };
+        let up_to_date = self
+            .actual
+            .as_ref()
+            .is_some_and(|a| a.state_id.as_deref() == Some(target.state_id.as_str()));
+        if up_to_date {
+            // Our cache says the kernel has this state: nothing to do until a
+            // resync or drift clears the cache.
+            return Ok(None);
+        }
+        let started = Instant::now();
+        match self.apply(&target.state_id, view).await {
+            Ok(changes) => {
+                let took = started.elapsed();
+                self.succeeded(&target, changes, took);
+                Ok(Some(Applied {
+                    state_id: target.state_id.clone(),
+                    changes,
+                    left_out: target.left_out.clone(),
+                }))
+            }
+            Err(error) if !error.is_retryable() => Err(ReconcileError::Fatal(error)),
+            Err(error) => {
+                self.failed(&error, started.elapsed());
+                Ok(None)
+            }
+        }
+    }
+
+    async fn apply(
+        &mut self,
+        state_id: &str,
+        view: &edgenet_model::NodeView,
+    ) -> Result<usize, DataplaneError> {
+        let mut actual = match self.actual.take() {
+            Some(actual) => actual,
+            None => self.dataplane.read().await?,
+        };
+        let rendered = render(view, &self.settings.render);
+        let mut desired = rendered.desired;
+        desired.state_id = Some(state_id.to_string());
+        let changes = diff(&actual, &desired);
+        if changes.is_empty() && actual.state_id.as_deref() == Some(state_id) {
+            self.actual = Some(actual);
+            return Ok(0);
+        }
+        let report = self.dataplane.apply(&changes, &desired, state_id).await?;
+        for deferred in &report.deferred {
+            tracing::warn!(change = %deferred.change.line(), reason = %deferred.reason, "change deferred to the next resync");
+        }
+        // Changes for the id the kernel already records: someone changed
+        // what we had applied, and this put it back.
+        if actual.state_id.as_deref() == Some(state_id) && !changes.is_empty() {
+            tracing::warn!(changes = changes.len(), "repaired drift");
+            self.metrics.drift_repaired();
+        }
+        changes.apply_to(&mut actual, &report.deferred_changes());
+        actual.state_id = Some(state_id.to_string());
+        self.actual = Some(actual);
+        Ok(changes.len())
+    }
+
+    fn succeeded(&mut self, target: &Snapshot, changes: usize, took: Duration) {
+        self.backoff.reset();
+        let objects = self
+            .actual
+            .as_ref()
+            .map(|a| a.object_counts())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(kind, n)| (kind.to_string(), n));
+        self.metrics
+            .apply_succeeded(&target.state_id, took, objects);
+        if changes > 0 {
+            tracing::info!(state_id = %target.state_id, changes, took_ms = took.as_millis() as u64, "applied");
+        }
+        let error = (!target.left_out.is_empty())
+            .then(|| format!("left out: {}", target.left_out.join("; ")));
+        self.applied_feedback(&target.state_id, error);
+        self.notifier.ready(&format!(
+            "applied {} ({} changes)",
+            target.state_id, changes
+        ));
+    }
+
+    fn failed(&mut self, error: &DataplaneError, took: Duration) {
+        self.metrics.apply_failed(took);
+        // The kernel may be anything now: read it in full before the retry.
+        self.actual = None;
+        let delay = self.backoff.next_delay();
+        self.retry_at = Some(tokio::time::Instant::now() + delay);
+        tracing::error!(%error, retry_in = ?delay, "apply failed; kernel state kept, retrying as a full resync");
+        self.send_feedback(Some(format!("apply failed: {error}")));
+        self.notifier.status(&format!("apply failed: {error}"));
+    }
+
+    /// After a (full or partial) apply: the new id, with what was left out.
+    fn applied_feedback(&self, state_id: &str, error: Option<String>) {
+        let feedback = Feedback {
+            applied_state_id: Some(state_id.to_string()),
+            apply_error: error,
+        };
+        self.feedback.send_if_modified(|current| {
+            let changed = *current != feedback;
+            *current = feedback;
+            changed
+        });
+    }
+
+    /// After a failure: the id still in force, with the error.
+    fn send_feedback(&self, error: Option<String>) {
+        self.feedback.send_if_modified(|current| {
+            let changed = current.apply_error != error;
+            current.apply_error = error;
+            changed
+        });
+    }
+
+    fn resync_wait(&self) -> Duration {
+        let base = self.settings.resync.as_secs_f64();
+        let factor = rand::thread_rng().gen_range(0.9..=1.1);
+        Duration::from_secs_f64(base * factor)
+    }
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// `edgenetd apply`: read the kernel, diff, apply once; no retry. Returns
+/// the changes made and the state id that was in force before.
+pub async fn apply_once(
+    dataplane: &mut dyn Dataplane,
+    snapshot: &Snapshot,
+    settings: &RenderSettings,
+) -> Result<(crate::diff::ChangeSet, Option<String>), DataplaneError> {
+    let actual = dataplane.read().await?;
+    let Some(view) = snapshot.view.as_deref() else {
+        return Ok((crate::diff::ChangeSet::default(), actual.state_id));
+    };
+    let mut desired = render(view, settings).desired;
+    desired.state_id = Some(snapshot.state_id.clone());
+    let changes = diff(&actual, &desired);
+    if !changes.is_empty() || actual.state_id.as_deref() != Some(&snapshot.state_id) {
+        let report = dataplane
+            .apply(&changes, &desired, &snapshot.state_id)
+            .await?;
+        for deferred in &report.deferred {
+            tracing::warn!(change = %deferred.change.line(), reason = %deferred.reason, "deferred (the device is not there yet)");
+        }
+    }
+    Ok((changes, actual.state_id))
+}
