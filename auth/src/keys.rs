@@ -75,43 +75,25 @@ impl KeyStore {
     pub fn load(path: &Path) -> Result<Self, KeysError> {
         let bytes = read_private_file(path)?;
         let text = String::from_utf8(bytes).map_err(|_| invalid(path, "not UTF-8"))?;
-        Self::from_toml(&text).map_err(|reason| invalid(path, &reason))
+        parse(&text).map_err(|reason| invalid(path, &reason))
     }
 
-    /// Parses the TOML text. Errors never quote secret values.
-    pub fn from_toml(text: &str) -> Result<Self, String> {
-        let file: KeysFile = toml::from_str(text).map_err(|e| e.message().to_owned())?;
-        Self::from_entries(file.keys)
+    /// Parses the TOML text (errors name the source as `<credentials>`).
+    pub fn from_toml(text: &str) -> Result<Self, KeysError> {
+        parse(text).map_err(|reason| invalid(Path::new("<credentials>"), &reason))
     }
 
     /// Builds a store; ids must be unique, non-empty and not look temporary.
-    pub fn from_entries(entries: Vec<KeyEntry>) -> Result<Self, String> {
-        let mut keys = HashMap::new();
-        for k in entries {
-            if k.access_key_id.is_empty() || k.secret_access_key.expose().is_empty() {
-                return Err("a key has an empty access_key_id or secret_access_key".into());
-            }
-            if k.access_key_id.starts_with("ASIA") {
-                return Err(format!(
-                    "{}: ASIA… ids are reserved for temporary credentials",
-                    k.access_key_id
-                ));
-            }
-            if k.node.as_deref() == Some("") {
-                return Err(format!("{}: empty node", k.access_key_id));
-            }
-            let id = k.access_key_id.clone();
-            if keys.insert(id.clone(), k).is_some() {
-                return Err(format!("access_key_id {id} appears twice"));
-            }
-        }
-        Ok(KeyStore { keys })
+    pub fn from_entries(entries: Vec<KeyEntry>) -> Result<Self, KeysError> {
+        check_entries(entries).map_err(|reason| invalid(Path::new("<credentials>"), &reason))
     }
 
+    /// The key with this id.
     pub fn get(&self, access_key_id: &str) -> Option<&KeyEntry> {
         self.keys.get(access_key_id)
     }
 
+    /// Number of keys.
     pub fn len(&self) -> usize {
         self.keys.len()
     }
@@ -119,6 +101,36 @@ impl KeyStore {
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
+}
+
+/// Parses the TOML text. Errors never quote secret values.
+fn parse(text: &str) -> Result<KeyStore, String> {
+    let file: KeysFile = toml::from_str(text).map_err(|e| e.message().to_owned())?;
+    check_entries(file.keys)
+}
+
+/// Ids must be unique, non-empty and not look temporary.
+fn check_entries(entries: Vec<KeyEntry>) -> Result<KeyStore, String> {
+    let mut keys = HashMap::new();
+    for k in entries {
+        if k.access_key_id.is_empty() || k.secret_access_key.expose().is_empty() {
+            return Err("a key has an empty access_key_id or secret_access_key".into());
+        }
+        if k.access_key_id.starts_with("ASIA") {
+            return Err(format!(
+                "{}: ASIA… ids are reserved for temporary credentials",
+                k.access_key_id
+            ));
+        }
+        if k.node.as_deref() == Some("") {
+            return Err(format!("{}: empty node", k.access_key_id));
+        }
+        let id = k.access_key_id.clone();
+        if keys.insert(id.clone(), k).is_some() {
+            return Err(format!("access_key_id {id} appears twice"));
+        }
+    }
+    Ok(KeyStore { keys })
 }
 
 fn invalid(path: &Path, reason: &str) -> KeysError {
@@ -255,7 +267,10 @@ roles = ["arn:aws:iam::000000000000:role/edgenet-admin"]
         let dup = format!(
             "{TOML}\n[[keys]]\naccess_key_id = \"AKIDNC1EXAMPLE0001\"\nsecret_access_key = \"x\"\n"
         );
-        assert!(KeyStore::from_toml(&dup).unwrap_err().contains("twice"));
+        assert!(KeyStore::from_toml(&dup)
+            .unwrap_err()
+            .to_string()
+            .contains("twice"));
         let unknown = "[[keys]]\naccess_key_id = \"A\"\nsecret_access_key = \"x\"\nrole = []\n";
         assert!(KeyStore::from_toml(unknown).is_err());
         let asia = "[[keys]]\naccess_key_id = \"ASIAX\"\nsecret_access_key = \"x\"\n";

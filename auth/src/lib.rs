@@ -5,6 +5,59 @@
 //! [`ClockSkew`]. The server side uses [`Verifier`] to authenticate SigV4
 //! requests and [`DevSts`] to answer the development `AssumeRole` and to
 //! open the self-contained session tokens it issues.
+//!
+//! Agent side:
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use std::time::{Duration, SystemTime};
+//! use edgenet_auth::*;
+//!
+//! let skew = Arc::new(ClockSkew::new());
+//! let long_term = Arc::new(StaticFileProvider::new("/etc/edgenet/node-credentials", "default"));
+//! let config = AssumeRoleConfig::new(
+//!     "https://clc.example.internal:8773/", "eucalyptus",
+//!     "arn:aws:iam::000000000000:role/edgenet-node", "nc-1");
+//! let sts = AssumeRoleProvider::new(config, long_term)?.with_clock_skew(skew.clone());
+//! let cache = CachingProvider::new(Arc::new(sts), CacheConfig::for_poll_wait(Duration::from_secs(30)))
+//!     .with_clock_skew(skew.clone());
+//! let signer = Signer::new("eucalyptus", "ec2").with_clock_skew(skew.clone());
+//!
+//! let creds = cache.credentials().await?;
+//! let mut req = query_get_request("https://clc.example.internal:8773/",
+//!     &[("Action", "DescribeNetworkModel"), ("NodeId", "nc-1"), ("WaitSeconds", "0")])?;
+//! signer.sign(&mut req, &creds)?;
+//! let started = SystemTime::now();
+//! // ... send it; for an answer given at once (not a held poll):
+//! // skew.observe(date_header, started, SystemTime::now());
+//! // on ExpiredToken / AuthFailure: cache.force_refresh(&creds).await?;
+//! # let _ = started; Ok(())
+//! # }
+//! ```
+//!
+//! Server side:
+//! ```no_run
+//! # fn demo(req: &edgenet_auth::SignedRequest<'_>) -> Result<(), Box<dyn std::error::Error>> {
+//! use std::path::Path;
+//! use std::time::SystemTime;
+//! use edgenet_auth::*;
+//!
+//! let keys = KeyStore::load(Path::new("/etc/edgenet/credentials.toml"))?;
+//! let token_key = TokenKey::load_or_create(Path::new("/etc/edgenet/token.key"))?;
+//! let sts = DevSts::new(keys, &token_key, DevStsConfig::new("eucalyptus"));
+//! // Action=AssumeRole: the whole STS answer.
+//! let (status, xml) = sts.handle(req, SystemTime::now());
+//! // Describe calls: authenticate, then authorize.
+//! match sts.verifier().verify(req, "ec2", SystemTime::now()) {
+//!     Ok(principal) if principal.may_describe("nc-1") => { /* serve */ }
+//!     Ok(_) => { /* 403 UnauthorizedOperation */ }
+//!     Err(e) => { let (status, code) = e.status_and_code(Api::Ec2); }
+//! }
+//! # let _ = (status, xml); Ok(())
+//! # }
+//! ```
+
+#![forbid(unsafe_code)]
 
 pub mod cache;
 pub mod credentials;
