@@ -96,6 +96,8 @@ pub struct SignedRequest<'a> {
     pub path: &'a str,
     /// The raw query string without `?` (empty when none).
     pub query: &'a str,
+    /// The headers as received. Over HTTP/2 there is no `Host` header: put
+    /// the `:authority` (the URI's authority) in as `host` before verifying.
     pub headers: &'a HeaderMap,
     pub body: &'a [u8],
 }

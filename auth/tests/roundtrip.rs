@@ -125,3 +125,24 @@ async fn clock_skew_is_measured_and_corrected() {
         .unwrap_err();
     assert_eq!(err.sts_code(), Some("SignatureDoesNotMatch"));
 }
+
+#[tokio::test]
+async fn unreachable_sts_is_a_transport_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let node_creds = write_node_credentials(dir.path(), NC1_ID, NC1_SECRET);
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = format!("http://127.0.0.1:{port}/");
+    let err = provider(&endpoint, &node_creds, "nc-1")
+        .fetch()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, AuthError::Transport(t) if t.contains("onnect")),
+        "{err:?}"
+    );
+}

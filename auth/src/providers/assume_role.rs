@@ -164,11 +164,7 @@ impl AssumeRoleProvider {
     async fn call(&self, long_term: &Credentials) -> Result<Credentials, AuthError> {
         let req = self.request(long_term)?;
         let started = SystemTime::now();
-        let resp = self
-            .client
-            .execute(req)
-            .await
-            .map_err(|e| AuthError::Transport(e.without_url().to_string()))?;
+        let resp = self.client.execute(req).await.map_err(transport)?;
         let received = SystemTime::now();
         // STS answers at once, so its Date header is a fair clock reading.
         if let (Some(skew), Some(date)) = (&self.skew, resp.headers().get(http::header::DATE)) {
@@ -177,13 +173,24 @@ impl AssumeRoleProvider {
             }
         }
         let status = resp.status();
-        let body = resp
-            .text()
-            .await
-            .map_err(|e| AuthError::Transport(e.without_url().to_string()))?;
+        let body = resp.text().await.map_err(transport)?;
         let answer = parse_sts_answer(&body).map_err(AuthError::BadResponse);
         interpret(status.as_u16(), answer)
     }
+}
+
+/// The error with its causes ("error sending request" alone says little);
+/// the URL is left out, the caller knows it.
+fn transport(err: reqwest::Error) -> AuthError {
+    let err = err.without_url();
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    AuthError::Transport(text)
 }
 
 /// Credentials on success; the STS error code otherwise.
