@@ -30,6 +30,11 @@ pub fn sign_request<B: AsRef<[u8]>>(
     service: &str,
     time: SystemTime,
 ) -> Result<(), SignError> {
+    // A request signed before (a retry after a refresh) must not carry the
+    // old signature's headers into the new one.
+    for stale in ["authorization", "x-amz-date", "x-amz-security-token"] {
+        req.headers_mut().remove(stale);
+    }
     let identity = creds.to_aws().into();
     let params = v4::SigningParams::builder()
         .identity(&identity)
@@ -236,5 +241,16 @@ mod tests {
         assert!(auth.contains("/eucalyptus/sts/aws4_request"), "{auth}");
         assert!(auth.contains("x-amz-security-token"), "{auth}");
         assert_eq!(r.headers()["x-amz-security-token"], "tok");
+
+        // Signed again with long-term keys: no stale token or signature left.
+        let long = Credentials::long_term("AKIDX", "secret");
+        sign_request(&mut r, &long, "eucalyptus", "sts", SystemTime::now()).unwrap();
+        assert!(r.headers().get("x-amz-security-token").is_none());
+        let auth = r.headers()["authorization"].to_str().unwrap();
+        assert!(
+            auth.contains("Credential=AKIDX/") && !auth.contains("security-token"),
+            "{auth}"
+        );
+        assert_eq!(r.headers().get_all("authorization").iter().count(), 1);
     }
 }
