@@ -2,7 +2,7 @@
 //! wires the sources, the reconcile loop and the dataplane, and turns every
 //! error into one line on stderr with CLI.md's exit codes.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -84,6 +84,7 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
 }
