@@ -335,7 +335,11 @@ impl Cloud {
         ];
         args.extend(self.options.server_args.iter().cloned());
         let log = d.join("server.log");
-        let env = [("RUST_LOG", "info"), ("EDGENET_LOG", "info")];
+        let env = [
+            ("RUST_LOG", "info"),
+            ("EDGENET_LOG", "info"),
+            ("NO_COLOR", "1"),
+        ];
         let server = Daemon::spawn(
             &self.cloud,
             "edgenet-server",
@@ -379,7 +383,11 @@ impl Cloud {
             self.agent_config_path(node).display().to_string(),
         ];
         let log = self.dir().join(format!("{node}.log"));
-        let env = [("EDGENET_LOG", "info"), ("RUST_LOG", "info")];
+        let env = [
+            ("EDGENET_LOG", "info"),
+            ("RUST_LOG", "info"),
+            ("NO_COLOR", "1"),
+        ];
         let agent = Daemon::spawn(
             ns,
             &format!("edgenetd {node}"),
@@ -656,5 +664,87 @@ mod tests {
     fn node_keys_differ_per_node() {
         assert_ne!(node_key("nc-1"), node_key("nc-2"));
         assert!(node_key("nc-1").0.starts_with("AKID"));
+    }
+}
+
+/// One expected TCP outcome: `from` connects to `to:port`, allowed or not.
+#[derive(Debug, Clone, Copy)]
+pub struct Flow {
+    pub from: &'static str,
+    pub to: &'static str,
+    pub port: u16,
+    pub allowed: bool,
+}
+
+/// `from -> to:port` must connect.
+pub const fn allow(from: &'static str, to: &'static str, port: u16) -> Flow {
+    Flow {
+        from,
+        to,
+        port,
+        allowed: true,
+    }
+}
+
+/// `from -> to:port` must not connect.
+pub const fn deny(from: &'static str, to: &'static str, port: u16) -> Flow {
+    Flow {
+        from,
+        to,
+        port,
+        allowed: false,
+    }
+}
+
+impl Cloud {
+    /// Probes every flow at once (a denied one costs a connect timeout) and
+    /// returns those whose outcome was not the expected one.
+    pub fn mismatched_flows(&self, flows: &[Flow]) -> Vec<String> {
+        std::thread::scope(|scope| {
+            let probes: Vec<_> = flows
+                .iter()
+                .map(|f| scope.spawn(move || (f, self.can_connect(f.from, f.to, f.port))))
+                .collect();
+            probes
+                .into_iter()
+                .filter_map(|p| p.join().ok())
+                .filter(|(f, got)| *got != f.allowed)
+                .map(|(f, got)| {
+                    let what = if got {
+                        "connected but must be denied"
+                    } else {
+                        "denied but must connect"
+                    };
+                    format!("{} -> {}:{}: {what}", f.from, f.to, f.port)
+                })
+                .collect()
+        })
+    }
+
+    /// Panics (with the mismatches) unless every flow is as expected.
+    pub fn assert_flows(&self, flows: &[Flow]) {
+        let bad = self.mismatched_flows(flows);
+        assert!(
+            bad.is_empty(),
+            "unexpected connectivity:\n  {}",
+            bad.join("\n  ")
+        );
+    }
+
+    /// Waits until every flow is as expected (after a change), or panics.
+    pub fn wait_flows(&self, flows: &[Flow], timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let bad = self.mismatched_flows(flows);
+            if bad.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "connectivity not as expected after {timeout:?}:\n  {}",
+                bad.join("\n  ")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }

@@ -236,3 +236,36 @@ pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
         thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Counts IPv4 packets from `source` arriving in a namespace, in a table of
+/// ours (`inet e2eprobe`) hooked before anything else: proof of what
+/// reached a target, independent of whether it could answer.
+pub struct ArrivalCounter<'a> {
+    ns: &'a Netns,
+    chain: String,
+}
+
+impl<'a> ArrivalCounter<'a> {
+    /// Installs a counter named `name` for packets from `source`.
+    pub fn install(ns: &'a Netns, name: &str, source: &str) -> Result<ArrivalCounter<'a>> {
+        let chain = format!("from_{name}");
+        ns.nft(&["add", "table", "inet", "e2eprobe"])?;
+        let hook = "{ type filter hook prerouting priority -400; }";
+        ns.nft(&["add", "chain", "inet", "e2eprobe", &chain, hook])?;
+        ns.nft(&[
+            "add", "rule", "inet", "e2eprobe", &chain, "ip", "saddr", source, "counter",
+        ])?;
+        Ok(ArrivalCounter { ns, chain })
+    }
+
+    /// Packets counted so far.
+    pub fn packets(&self) -> Result<u64> {
+        let text = self
+            .ns
+            .nft(&["list", "chain", "inet", "e2eprobe", &self.chain])?;
+        let Some(after) = text.split("packets ").nth(1) else {
+            bail!("no counter in {text}");
+        };
+        Ok(after.split_whitespace().next().unwrap_or("0").parse()?)
+    }
+}

@@ -1,0 +1,291 @@
+//! Fault scenarios of issue 7: each asserts that traffic that should flow
+//! keeps flowing while something breaks, and that edgenet recovers.
+//! Needs root, `ip`/`nft`/`ping` (tests/setup.sh) and `cargo build --bins`.
+
+use std::thread::sleep;
+use std::time::Duration;
+
+use edgenet_e2e::cloud::{
+    allow, deny, metric_value, sock, Cloud, CloudOptions, Flow, SERVER_PORT, STS_IP,
+};
+use edgenet_e2e::{kernel, model, probe};
+
+const CONVERGE: Duration = Duration::from_secs(20);
+
+/// Flows that hold in the fixture, both ways: they must survive every fault.
+const STEADY: [Flow; 6] = [
+    allow("i-lb1", "i-web1", 80),
+    allow("i-web2", "i-db1", 5432),
+    allow("i-lb1", "i-db2", 9000),
+    deny("i-lb1", "i-db1", 5432),
+    deny("i-lb2", "i-db1", 9000),
+    deny("i-db1", "i-web2", 80),
+];
+
+fn internet_reaches_web1(cloud: &Cloud) -> bool {
+    let addr = sock("203.0.113.5", 22).unwrap();
+    probe::tcp_connect(&cloud.internet, addr, Duration::from_secs(2)).is_ok_and(|g| g == "i-web1")
+}
+
+/// Opens tcp `port` on sg-admin (nc-1 only) and waits until nc-1 applied it.
+fn open_port_on_db1(cloud: &mut Cloud, port: u16, timeout: Duration) {
+    let mut changed = cloud.model.clone();
+    model::add_rule(
+        &mut changed,
+        "sg-admin",
+        model::tcp_rule(port, "10.0.0.0/8"),
+    )
+    .unwrap();
+    cloud.write_model(changed).unwrap();
+    cloud.wait_node_converged("nc-1", timeout).unwrap();
+}
+
+#[test]
+fn server_killed_then_restarted_traffic_keeps_flowing() {
+    let mut cloud = Cloud::start().unwrap();
+    cloud.assert_flows(&STEADY);
+    let before = [
+        cloud.snapshot("nc-1").unwrap(),
+        cloud.snapshot("nc-2").unwrap(),
+    ];
+    cloud.kill_server();
+    sleep(Duration::from_secs(3));
+    cloud.assert_flows(&STEADY);
+    assert!(internet_reaches_web1(&cloud));
+    let during = [
+        cloud.snapshot("nc-1").unwrap(),
+        cloud.snapshot("nc-2").unwrap(),
+    ];
+    assert!(
+        during == before,
+        "a node changed while the server was down (fail static)"
+    );
+    for node in ["nc-1", "nc-2"] {
+        cloud.agent(node).unwrap().ensure_running().unwrap();
+    }
+
+    cloud.start_server().unwrap();
+    // The agents come back on their own: a change reaches nc-1 (after at
+    // most one backoff period, 30 s at the cap).
+    open_port_on_db1(&mut cloud, 7777, Duration::from_secs(45));
+    cloud.assert_flows(&[allow("i-lb1", "i-db1", 7777)]);
+    cloud.assert_flows(&STEADY);
+}
+
+#[test]
+fn invalid_model_is_refused_and_agents_keep_their_state() {
+    let mut cloud = Cloud::start().unwrap();
+    let before = [
+        cloud.snapshot("nc-1").unwrap(),
+        cloud.snapshot("nc-2").unwrap(),
+    ];
+    let path = cloud.model_path();
+
+    // Not JSON at all, then JSON with a dangling reference.
+    model::write_bytes_atomic(&path, b"{ \"schema\": 1, \"instances\": [").unwrap();
+    let refused_once = probe::wait_until(Duration::from_secs(10), || {
+        cloud
+            .describe_node_status()
+            .is_ok_and(|s| s["Model"]["InvalidCount"].as_u64() >= Some(1))
+    });
+    assert!(
+        refused_once,
+        "server status does not show the refusal: {:?}",
+        cloud.describe_node_status()
+    );
+    let mut dangling = cloud.model.clone();
+    dangling["instances"][0]["subnet"] = "subnet-nowhere".into();
+    model::write_atomic(&path, &dangling).unwrap();
+    let refused_twice = probe::wait_until(Duration::from_secs(10), || {
+        cloud
+            .describe_node_status()
+            .is_ok_and(|s| s["Model"]["InvalidCount"].as_u64() >= Some(2))
+    });
+    let status = cloud.describe_node_status().unwrap();
+    assert!(refused_twice, "second refusal not counted: {status}");
+    let last_error = status["Model"]["LastError"].as_str().unwrap_or_default();
+    assert!(
+        last_error.contains("subnet"),
+        "LastError must name the bad field: {status}"
+    );
+    let metrics = cloud.server_metrics().unwrap();
+    let refused = metric_value(
+        &metrics,
+        "edgenet_server_model_reloads_total{result=\"refused\"}",
+    );
+    assert!(
+        refused >= Some(2.0),
+        "server metrics do not count the refusals:\n{metrics}"
+    );
+
+    sleep(Duration::from_secs(1));
+    let after = [
+        cloud.snapshot("nc-1").unwrap(),
+        cloud.snapshot("nc-2").unwrap(),
+    ];
+    assert!(
+        after == before,
+        "a node changed after an invalid model was written"
+    );
+    cloud.assert_flows(&STEADY);
+    assert!(internet_reaches_web1(&cloud));
+
+    // A valid model again: accepted, error cleared, applied.
+    open_port_on_db1(&mut cloud, 7777, CONVERGE);
+    let status = cloud.describe_node_status().unwrap();
+    assert!(
+        status["Model"]["LastError"].is_null(),
+        "error not cleared: {status}"
+    );
+    cloud.assert_flows(&[allow("i-lb1", "i-db1", 7777)]);
+}
+
+#[test]
+fn agent_sigkilled_and_restarted_changes_nothing() {
+    let mut cloud = Cloud::start().unwrap();
+    let before = cloud.snapshot("nc-1").unwrap();
+    cloud.agent("nc-1").unwrap().kill_hard();
+    // The kernel keeps what was programmed: traffic is as before.
+    cloud.assert_flows(&STEADY);
+    assert!(internet_reaches_web1(&cloud));
+
+    cloud.start_agent("nc-1").unwrap();
+    cloud.wait_node_converged("nc-1", CONVERGE).unwrap();
+    sleep(Duration::from_secs(1));
+    let after = cloud.snapshot("nc-1").unwrap();
+    assert!(
+        after == before,
+        "a restart with the same view must adopt, not rewrite (no duplicates, same handles):\n{}",
+        before.describe_difference(&after)
+    );
+    cloud.assert_flows(&STEADY);
+    // The restarted agent still follows changes.
+    open_port_on_db1(&mut cloud, 7777, CONVERGE);
+    cloud.assert_flows(&[allow("i-lb1", "i-db1", 7777)]);
+}
+
+#[test]
+fn deleted_nft_table_is_repaired() {
+    let cloud = Cloud::start().unwrap();
+    let nc1 = cloud.node("nc-1");
+    nc1.nft(&["delete", "table", "inet", "edgenet"]).unwrap();
+    // resync_seconds = 5 in the suite's config: repaired well within 15 s.
+    let repaired = probe::wait_until(Duration::from_secs(15), || {
+        !kernel::nft_table(nc1, "inet")
+            .unwrap_or_default()
+            .is_empty()
+    });
+    assert!(repaired, "table inet edgenet not recreated");
+    cloud.wait_flows(&STEADY, Duration::from_secs(5));
+    assert!(internet_reaches_web1(&cloud), "DNAT not repaired");
+}
+
+#[test]
+fn deleted_route_is_repaired() {
+    let cloud = Cloud::start().unwrap();
+    let nc1 = cloud.node("nc-1");
+    let ours = |ns| kernel::routes(ns, &["proto", "159"]).unwrap();
+    let before = ours(nc1);
+    nc1.ip(&[
+        "route",
+        "del",
+        "10.200.0.0/16",
+        "via",
+        "192.168.100.2",
+        "proto",
+        "159",
+        "metric",
+        "100",
+    ])
+    .unwrap();
+    let repaired = probe::wait_until(Duration::from_secs(15), || ours(nc1) == before);
+    assert!(repaired, "route not restored: {:?}", ours(nc1));
+    cloud.assert_flows(&STEADY);
+}
+
+/// True when the log shows an authentication error reaching the poll loop.
+fn auth_errors(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| {
+            ["ExpiredToken", "AuthFailure", "InvalidClientTokenId"]
+                .iter()
+                .any(|c| l.contains(c))
+        })
+        .collect()
+}
+
+#[test]
+fn short_lived_credentials_expire_and_polls_go_on() {
+    let mut cloud = Cloud::start_with(CloudOptions {
+        sts_duration_seconds: 8,
+        wait_seconds: 3,
+        server_args: vec!["--allow-short-sts-durations".into()],
+        ..Default::default()
+    })
+    .unwrap();
+    // Two and a half lifetimes, with a change after each.
+    for (round, port) in [(1, 7777), (2, 2223)] {
+        sleep(Duration::from_secs(10));
+        open_port_on_db1(&mut cloud, port, CONVERGE);
+        cloud.assert_flows(&[allow("i-lb1", "i-db1", port)]);
+        let log = cloud.agent_log("nc-1");
+        let errors = auth_errors(&log);
+        assert!(
+            errors.is_empty(),
+            "round {round}: auth errors reached the loop:\n{}",
+            errors.join("\n")
+        );
+    }
+    let nc2_log = cloud.agent_log("nc-2");
+    let errors = auth_errors(&nc2_log);
+    assert!(
+        errors.is_empty(),
+        "nc-2: auth errors reached the loop:\n{}",
+        errors.join("\n")
+    );
+    cloud.assert_flows(&STEADY);
+}
+
+#[test]
+fn sts_unreachable_agent_fails_static_then_recovers() {
+    let mut cloud = Cloud::start_with(CloudOptions {
+        sts_duration_seconds: 6,
+        wait_seconds: 2,
+        server_args: vec!["--allow-short-sts-durations".into()],
+        ..Default::default()
+    })
+    .unwrap();
+    let before = [
+        cloud.snapshot("nc-1").unwrap(),
+        cloud.snapshot("nc-2").unwrap(),
+    ];
+    // Cut STS only (its own address); the describe endpoint stays up.
+    let block = format!(
+        "add table inet e2eblock; add chain inet e2eblock in {{ type filter hook input priority -10; }}; \
+         add rule inet e2eblock in ip daddr {STS_IP} tcp dport {SERVER_PORT} drop"
+    );
+    cloud.cloud.nft(&[&block]).unwrap();
+    // Long enough for the credentials to expire and refreshes to fail.
+    sleep(Duration::from_secs(12));
+    cloud.assert_flows(&STEADY);
+    assert!(internet_reaches_web1(&cloud));
+    let during = [
+        cloud.snapshot("nc-1").unwrap(),
+        cloud.snapshot("nc-2").unwrap(),
+    ];
+    assert!(
+        during == before,
+        "a node changed while STS was unreachable (must stay fail static)"
+    );
+    for node in ["nc-1", "nc-2"] {
+        cloud.agent(node).unwrap().ensure_running().unwrap();
+    }
+
+    cloud
+        .cloud
+        .nft(&["delete", "table", "inet", "e2eblock"])
+        .unwrap();
+    open_port_on_db1(&mut cloud, 7777, Duration::from_secs(45));
+    cloud.assert_flows(&[allow("i-lb1", "i-db1", 7777)]);
+    cloud.assert_flows(&STEADY);
+}

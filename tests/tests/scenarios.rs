@@ -1,0 +1,321 @@
+//! Scenarios of issue 7, asserted with real packets between namespaces.
+//! Each test builds its own cloud (see `src/cloud.rs`, fixture
+//! `fixtures/cloud.json`), so they run in parallel.
+//! Needs root, `ip`/`nft`/`ping` (tests/setup.sh) and `cargo build --bins`.
+
+use std::time::Duration;
+
+use edgenet_e2e::cloud::{allow, deny, sock, Cloud, CloudOptions, INTERNET_IP};
+use edgenet_e2e::probe::ArrivalCounter;
+use edgenet_e2e::{http, kernel, model, probe};
+
+const CONVERGE: Duration = Duration::from_secs(20);
+
+#[test]
+fn security_groups_allow_and_deny_by_cidr_rule_on_one_node_and_across() {
+    let cloud = Cloud::start().unwrap();
+    cloud.assert_flows(&[
+        // sg-db: tcp 9000 from 10.1.0.0/16 (subnet-a, on nc-1).
+        allow("i-lb1", "i-db1", 9000), // same node, source inside
+        deny("i-lb2", "i-db2", 9000),  // same node, source outside
+        allow("i-lb1", "i-db2", 9000), // across nodes, inside
+        deny("i-lb2", "i-db1", 9000),  // across nodes, outside
+        // sg-web: tcp 22 from 0.0.0.0/0; nothing opens 7777.
+        allow("i-db1", "i-web1", 22),
+        allow("i-db2", "i-web1", 22),
+        deny("i-lb1", "i-web1", 7777),
+        deny("i-lb2", "i-web1", 7777),
+    ]);
+    // sg-web: icmp echo from 10.0.0.0/8; sg-db/sg-admin: no icmp at all.
+    let lb1 = &cloud.instance("i-lb1").ns;
+    let lb2 = &cloud.instance("i-lb2").ns;
+    assert!(
+        probe::ping(lb1, "10.1.0.11", 2).unwrap(),
+        "lb1 -> web1 echo (same node) must pass"
+    );
+    assert!(
+        probe::ping(lb2, "10.1.0.11", 2).unwrap(),
+        "lb2 -> web1 echo (across) must pass"
+    );
+    assert!(
+        !probe::ping(lb1, "10.1.0.13", 1).unwrap(),
+        "lb1 -> db1 echo must be dropped"
+    );
+    assert!(
+        !probe::ping(lb1, "10.2.0.13", 1).unwrap(),
+        "lb1 -> db2 echo must be dropped"
+    );
+}
+
+#[test]
+fn security_groups_allow_and_deny_by_group_rule_on_one_node_and_across() {
+    let cloud = Cloud::start().unwrap();
+    cloud.assert_flows(&[
+        // sg-db: tcp 5432 from group sg-web (web1, web2).
+        allow("i-web1", "i-db1", 5432),
+        deny("i-lb1", "i-db1", 5432),
+        allow("i-web2", "i-db1", 5432),
+        deny("i-lb2", "i-db1", 5432),
+        // sg-web: tcp 80 from group sg-lb (lb1, lb2).
+        allow("i-lb1", "i-web1", 80),
+        deny("i-db1", "i-web1", 80),
+        allow("i-lb1", "i-web2", 80),
+        deny("i-db1", "i-web2", 80),
+        allow("i-lb2", "i-web1", 80),
+    ]);
+}
+
+#[test]
+fn public_ip_dnat_from_internet_and_snat_of_instance_traffic() {
+    let cloud = Cloud::start().unwrap();
+    let nc1 = cloud.node("nc-1");
+    assert!(
+        kernel::has_address(nc1, "eth0", "203.0.113.5/32").unwrap(),
+        "public IP on nc-1 eth0"
+    );
+    let timeout = Duration::from_secs(2);
+    let internet = &cloud.internet;
+    let dnat = |ip: &str, port| probe::tcp_connect(internet, sock(ip, port).unwrap(), timeout);
+    assert_eq!(dnat("203.0.113.5", 22).unwrap(), "i-web1", "DNAT to web1");
+    assert_eq!(dnat("203.0.113.6", 22).unwrap(), "i-web2", "DNAT to web2");
+    assert!(
+        dnat("203.0.113.5", 80).is_err(),
+        "sg-web opens 80 to sg-lb only, not to the internet"
+    );
+
+    let responder = cloud.internet_responder(8080).unwrap();
+    for (inst, public) in [("i-web1", "203.0.113.5"), ("i-web2", "203.0.113.6")] {
+        let ns = &cloud.instance(inst).ns;
+        let greeting = probe::tcp_connect(ns, responder.addr(), timeout).unwrap();
+        assert_eq!(greeting, "internet");
+        let seen = responder.peers().last().unwrap().ip().to_string();
+        assert_eq!(
+            seen, public,
+            "{inst}'s traffic to the internet must leave with its public IP"
+        );
+    }
+    assert_eq!(INTERNET_IP, responder.addr().ip().to_string());
+}
+
+#[test]
+fn metadata_address_reaches_the_responder() {
+    let cloud = Cloud::start().unwrap();
+    // With and without a public IP, on both nodes.
+    for inst in ["i-web1", "i-db1", "i-web2", "i-lb2"] {
+        let ns = &cloud.instance(inst).ns;
+        let addr = sock("169.254.169.254", 80).unwrap();
+        let r = http::get(ns, addr, "/latest/meta-data/", &[], Duration::from_secs(3))
+            .unwrap_or_else(|e| panic!("{inst}: metadata: {e:#}"));
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (200, "metadata-ok\n"),
+            "{inst}"
+        );
+    }
+}
+
+#[test]
+fn anti_spoofing_drops_spoofed_source_ip_and_spoofed_source_mac() {
+    let cloud = Cloud::start().unwrap();
+    let lb1 = &cloud.instance("i-lb1").ns;
+    let web1 = &cloud.instance("i-web1").ns;
+    // Control: lb1 may ping web1 (sg-web: echo from 10.0.0.0/8).
+    assert!(
+        probe::ping(lb1, "10.1.0.11", 2).unwrap(),
+        "control ping lb1 -> web1"
+    );
+
+    // Spoofed source IP: lb1 claims 10.1.0.99 (inside the SG's CIDR, so
+    // only anti-spoofing can stop it).
+    let spoofed_ip_arrivals = ArrivalCounter::install(web1, "spoofed_ip", "10.1.0.99").unwrap();
+    lb1.ip(&["addr", "add", "10.1.0.99/16", "dev", "eth0"])
+        .unwrap();
+    assert!(!probe::ping_from(lb1, Some("10.1.0.99"), "10.1.0.11", 1).unwrap());
+    let src = "10.1.0.99".parse().unwrap();
+    let tcp = probe::tcp_connect_from(
+        lb1,
+        src,
+        cloud.addr_of("i-web1", 22),
+        Duration::from_secs(1),
+    );
+    assert!(
+        tcp.is_err(),
+        "TCP from a spoofed source IP must not connect"
+    );
+    assert_eq!(
+        spoofed_ip_arrivals.packets().unwrap(),
+        0,
+        "packets from the spoofed IP reached web1"
+    );
+    lb1.ip(&["addr", "del", "10.1.0.99/16", "dev", "eth0"])
+        .unwrap();
+
+    // Spoofed source MAC: lb1's own IP, another MAC.
+    let real_mac = cloud.instance("i-lb1").spec.mac.clone();
+    lb1.ip(&["link", "set", "eth0", "address", "d0:0d:01:00:00:99"])
+        .unwrap();
+    let own_ip_arrivals = ArrivalCounter::install(web1, "spoofed_mac", "10.1.0.12").unwrap();
+    assert!(
+        !probe::ping(lb1, "10.1.0.11", 1).unwrap(),
+        "ping from a spoofed MAC must be dropped"
+    );
+    let arrived = own_ip_arrivals.packets().unwrap();
+    lb1.ip(&["link", "set", "eth0", "address", &real_mac])
+        .unwrap();
+    assert_eq!(arrived, 0, "frames from the spoofed MAC reached web1");
+    // And back with its own MAC it works again: the MAC was the reason.
+    assert!(probe::wait_until(Duration::from_secs(5), || probe::ping(
+        lb1,
+        "10.1.0.11",
+        1
+    )
+    .unwrap()));
+}
+
+/// How many applies the agent has made (its apply-duration histogram count).
+fn applies(cloud: &Cloud, node: &str) -> f64 {
+    let metrics = cloud.agent_metrics(node).unwrap();
+    edgenet_e2e::cloud::metric_value(&metrics, "edgenetd_apply_duration_seconds_count")
+        .unwrap_or_else(|| {
+            panic!("{node}: no edgenetd_apply_duration_seconds_count in metrics:\n{metrics}")
+        })
+}
+
+#[test]
+fn live_change_opens_and_closes_a_port_on_the_changed_node_only() {
+    let mut cloud = Cloud::start().unwrap();
+    let closed = [deny("i-lb1", "i-db1", 7777), deny("i-lb2", "i-db1", 7777)];
+    cloud.assert_flows(&closed);
+    let nc2_before = cloud.snapshot("nc-2").unwrap();
+    let nc2_applies = applies(&cloud, "nc-2");
+    let nc2_state = cloud.applied_state_id("nc-2");
+    let nc1_before = cloud.snapshot("nc-1").unwrap();
+
+    // sg-admin is used on nc-1 only (i-db1).
+    let rule = model::tcp_rule(7777, "10.0.0.0/8");
+    let mut changed = cloud.model.clone();
+    model::add_rule(&mut changed, "sg-admin", rule.clone()).unwrap();
+    cloud.write_model(changed).unwrap();
+    cloud.wait_node_converged("nc-1", CONVERGE).unwrap();
+    cloud.assert_flows(&[allow("i-lb1", "i-db1", 7777), allow("i-lb2", "i-db1", 7777)]);
+    assert_ne!(
+        cloud.snapshot("nc-1").unwrap(),
+        nc1_before,
+        "nc-1 must have changed"
+    );
+
+    let mut reverted = cloud.model.clone();
+    model::remove_rule(&mut reverted, "sg-admin", &rule).unwrap();
+    cloud.write_model(reverted).unwrap();
+    cloud.wait_node_converged("nc-1", CONVERGE).unwrap();
+    cloud.assert_flows(&closed);
+
+    // nc-2's view never changed: it applied nothing, touched nothing.
+    let nc2_after = cloud.snapshot("nc-2").unwrap();
+    assert!(
+        nc2_after == nc2_before,
+        "nc-2 changed:\n{}",
+        nc2_before.describe_difference(&nc2_after)
+    );
+    assert_eq!(
+        applies(&cloud, "nc-2"),
+        nc2_applies,
+        "nc-2 applied something"
+    );
+    assert_eq!(cloud.applied_state_id("nc-2"), nc2_state);
+}
+
+fn has_route(routes: &[serde_json::Value], dst: &str, gateway: &str, metric: u64) -> bool {
+    routes.iter().any(|r| {
+        r["dst"] == dst && r["gateway"] == gateway && r["metric"].as_u64().unwrap_or(0) == metric
+    })
+}
+
+#[test]
+fn model_routes_carry_protocol_159_and_foreign_routes_stay() {
+    let mut cloud = Cloud::start_with(CloudOptions {
+        start_agents: false,
+        ..Default::default()
+    })
+    .unwrap();
+    let nc1 = cloud.node("nc-1");
+    // Foreign routes, one with the same destination as a model route.
+    nc1.ip(&[
+        "route",
+        "add",
+        "10.200.0.0/16",
+        "via",
+        INTERNET_IP,
+        "metric",
+        "300",
+        "proto",
+        "static",
+    ])
+    .unwrap();
+    nc1.ip(&[
+        "route",
+        "add",
+        "10.250.0.0/16",
+        "via",
+        INTERNET_IP,
+        "proto",
+        "boot",
+    ])
+    .unwrap();
+    let foreign_before = nc1.ip(&["route", "show", "proto", "static"]).unwrap()
+        + &nc1.ip(&["route", "show", "proto", "boot"]).unwrap();
+    cloud.start_agent("nc-1").unwrap();
+    cloud.start_agent("nc-2").unwrap();
+    cloud.wait_converged(CONVERGE).unwrap();
+
+    let nc1 = cloud.node("nc-1");
+    let ours = kernel::routes(nc1, &["proto", "159"]).unwrap();
+    assert!(
+        has_route(&ours, "10.200.0.0/16", "192.168.100.2", 100),
+        "nc-1 routes: {ours:?}"
+    );
+    assert!(
+        has_route(&ours, "10.111.0.0/16", "192.168.100.2", 50),
+        "nc-1 routes: {ours:?}"
+    );
+    assert_eq!(ours.len(), 2, "nc-1 proto 159 routes: {ours:?}");
+    let nc2_ours = kernel::routes(cloud.node("nc-2"), &["proto", "159"]).unwrap();
+    assert!(
+        has_route(&nc2_ours, "10.111.0.0/16", "192.168.100.2", 50),
+        "nc-2 routes: {nc2_ours:?}"
+    );
+    assert_eq!(
+        nc2_ours.len(),
+        1,
+        "nc-2 has only the all-nodes route: {nc2_ours:?}"
+    );
+    let foreign = |ns: &edgenet_e2e::Netns| {
+        ns.ip(&["route", "show", "proto", "static"]).unwrap()
+            + &ns.ip(&["route", "show", "proto", "boot"]).unwrap()
+    };
+    assert_eq!(foreign(nc1), foreign_before, "foreign routes changed");
+    assert!(
+        kernel::has_address(nc1, "br0", "10.1.0.1/16").unwrap(),
+        "gateway on nc-1 br0"
+    );
+    assert!(
+        kernel::has_address(cloud.node("nc-2"), "br0", "10.2.0.1/16").unwrap(),
+        "gateway on nc-2 br0"
+    );
+
+    // Removing the model route removes ours only.
+    let mut changed = cloud.model.clone();
+    changed["routes"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|r| r["destination"] != "10.200.0.0/16");
+    cloud.write_model(changed).unwrap();
+    cloud.wait_node_converged("nc-1", CONVERGE).unwrap();
+    let nc1 = cloud.node("nc-1");
+    let ours = kernel::routes(nc1, &["proto", "159"]).unwrap();
+    assert!(
+        !has_route(&ours, "10.200.0.0/16", "192.168.100.2", 100),
+        "model route must go: {ours:?}"
+    );
+    assert_eq!(foreign(nc1), foreign_before, "foreign routes changed");
+}
