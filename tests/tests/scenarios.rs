@@ -172,13 +172,13 @@ fn anti_spoofing_drops_spoofed_source_ip_and_spoofed_source_mac() {
     .unwrap()));
 }
 
-/// How many applies the agent has made (its apply-duration histogram count).
-fn applies(cloud: &Cloud, node: &str) -> f64 {
+/// How many views the agent has received (polls answered 200): a node
+/// whose view did not change must not be woken with one.
+fn views_received(cloud: &Cloud, node: &str) -> f64 {
     let metrics = cloud.agent_metrics(node).unwrap();
-    edgenet_e2e::cloud::metric_value(&metrics, "edgenetd_apply_duration_seconds_count")
-        .unwrap_or_else(|| {
-            panic!("{node}: no edgenetd_apply_duration_seconds_count in metrics:\n{metrics}")
-        })
+    let series = "edgenetd_polls_total{outcome=\"view\"}";
+    edgenet_e2e::cloud::metric_value(&metrics, series)
+        .unwrap_or_else(|| panic!("{node}: no {series} in metrics:\n{metrics}"))
 }
 
 #[test]
@@ -187,7 +187,8 @@ fn live_change_opens_and_closes_a_port_on_the_changed_node_only() {
     let closed = [deny("i-lb1", "i-db1", 7777), deny("i-lb2", "i-db1", 7777)];
     cloud.assert_flows(&closed);
     let nc2_before = cloud.snapshot("nc-2").unwrap();
-    let nc2_applies = applies(&cloud, "nc-2");
+    let nc2_views = views_received(&cloud, "nc-2");
+    let nc1_views = views_received(&cloud, "nc-1");
     let nc2_state = cloud.applied_state_id("nc-2");
     let nc1_before = cloud.snapshot("nc-1").unwrap();
 
@@ -218,10 +219,14 @@ fn live_change_opens_and_closes_a_port_on_the_changed_node_only() {
         nc2_before.describe_difference(&nc2_after)
     );
     assert_eq!(
-        applies(&cloud, "nc-2"),
-        nc2_applies,
-        "nc-2 applied something"
+        views_received(&cloud, "nc-2"),
+        nc2_views,
+        "nc-2 was sent a view"
     );
+    assert_eq!(
+        views_received(&cloud, "nc-1"),
+    let nc1_views_after = views_received(&cloud, "nc-1");
+    assert!(nc1_views_after >= nc1_views + 2.0, "nc-1 must be sent both changes");
     assert_eq!(cloud.applied_state_id("nc-2"), nc2_state);
 }
 
