@@ -223,10 +223,11 @@ fn live_change_opens_and_closes_a_port_on_the_changed_node_only() {
         nc2_views,
         "nc-2 was sent a view"
     );
-    assert_eq!(
-        views_received(&cloud, "nc-1"),
     let nc1_views_after = views_received(&cloud, "nc-1");
-    assert!(nc1_views_after >= nc1_views + 2.0, "nc-1 must be sent both changes");
+    assert!(
+        nc1_views_after >= nc1_views + 2.0,
+        "nc-1 must be sent both changes"
+    );
     assert_eq!(cloud.applied_state_id("nc-2"), nc2_state);
 }
 
