@@ -121,6 +121,10 @@ pub struct PlanArgs {
     pub source: SourceArgs,
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
+    /// Diff against the state this other model file renders to, instead of
+    /// the kernel: what a model edit would change on this node.
+    #[arg(long, value_name = "FILE")]
+    pub from_model: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -376,7 +376,13 @@ async fn plan(args: PlanArgs) -> Result<u8> {
     let config = load_config(&args.source)?;
     let node = config.require_node()?.to_string();
     let snapshot = one_snapshot(&args.source, &config, &node).await?;
-    let baseline = kernel_or_empty(args.source.dataplane, &config).await;
+    let baseline = match &args.from_model {
+        Some(from) => {
+            let from = snapshot_from_model_file(from, &node)?;
+            dryrun::plan(&Default::default(), &from, &render_settings(&config))?.1
+        }
+        None => kernel_or_empty(args.source.dataplane, &config).await,
+    };
     let (changes, _) = dryrun::plan(&baseline, &snapshot, &render_settings(&config))?;
     let text = dryrun::format_diff(
         &changes,

@@ -1,0 +1,322 @@
+//! The `edgenetd` binary as operators and external tests drive it (CLI.md):
+//! diff output checked line by line against fixtures, exit codes, one-line
+//! errors, signals.
+//!
+//! Regenerate the diff fixtures after an intended format change with
+//! `EDGENET_BLESS=1 cargo test -p edgenet-agent --test agent_cli`.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn edgenetd(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_edgenetd"))
+        .args(args)
+        .env_remove("EDGENET_CONFIG")
+        .env_remove("EDGENET_NODE_ID")
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+/// Compares line by line, naming the first line that differs.
+fn assert_matches_fixture(actual: &str, name: &str) {
+    let path = fixture(name);
+    if std::env::var_os("EDGENET_BLESS").is_some() {
+        std::fs::write(&path, actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path).unwrap();
+    let (a, e): (Vec<&str>, Vec<&str>) = (actual.lines().collect(), expected.lines().collect());
+    for (n, (got, want)) in a.iter().zip(e.iter()).enumerate() {
+        assert_eq!(got, want, "{name}: line {} differs", n + 1);
+    }
+    assert_eq!(a.len(), e.len(), "{name}: line count differs\n{actual}");
+}
+
+fn plan_fixture(output: &str) -> Output {
+    let new = fixture("cloud-changed.json");
+    let old = fixture("cloud.json");
+    edgenetd(&[
+        "plan",
+        "--node",
+        "nc-1",
+        "--model",
+        new.to_str().unwrap(),
+        "--from-model",
+        old.to_str().unwrap(),
+        "--output",
+        output,
+    ])
+}
+
+#[test]
+fn plan_text_diff_matches_the_fixture() {
+    let out = plan_fixture("text");
+    assert_eq!(out.status.code(), Some(2), "changes: exit 2");
+    assert_matches_fixture(&text(&out.stdout), "plan-nc-1.txt");
+}
+
+#[test]
+fn plan_json_diff_matches_the_fixture_and_parses() {
+    let out = plan_fixture("json");
+    assert_eq!(out.status.code(), Some(2));
+    let stdout = text(&out.stdout);
+    assert_matches_fixture(&stdout, "plan-nc-1.json");
+    let doc: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(doc["node"], "nc-1");
+    let changes = doc["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 10);
+    for change in changes {
+        let op = change["op"].as_str().unwrap();
+        assert!(["add", "remove", "change"].contains(&op), "{change}");
+        assert!(change["kind"].is_string() && change["object"].is_string());
+    }
+}
+
+#[test]
+fn plan_exits_0_without_changes() {
+    let model = fixture("cloud.json");
+    let model = model.to_str().unwrap();
+    let out = edgenetd(&[
+        "plan",
+        "--node",
+        "nc-1",
+        "--model",
+        model,
+        "--from-model",
+        model,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let summary = text(&out.stdout);
+    assert!(
+        summary.ends_with(": 0 to add, 0 to change, 0 to remove\n"),
+        "{summary}"
+    );
+}
+
+#[test]
+fn the_readme_dry_run_works_without_root_or_server() {
+    let model = fixture("cloud.json");
+    let out = edgenetd(&[
+        "run",
+        "--dry-run",
+        "--once",
+        "--node",
+        "nc-1",
+        "--model",
+        model.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let first = stdout.lines().next().unwrap();
+    assert!(first.starts_with("nc-1: "), "{first}");
+    assert!(first.contains(" to add, "), "{first}");
+    assert!(stdout
+        .lines()
+        .skip(1)
+        .all(|l| l.starts_with(['+', '-', '~'])));
+}
+
+#[test]
+fn errors_are_one_line_with_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad_config = dir.path().join("bad.toml");
+    std::fs::write(&bad_config, "node_idd = \"nc-1\"\n").unwrap();
+    let bad_model = dir.path().join("bad.json");
+    std::fs::write(&bad_model, "{\"schema\": 1,").unwrap();
+    let model = fixture("cloud.json");
+    let model = model.to_str().unwrap();
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["plan", "--bogus-flag"],
+        vec![
+            "plan", "--output", "yaml", "--model", model, "--node", "nc-1",
+        ],
+        vec!["plan", "--model", "/nonexistent.json", "--node", "nc-1"],
+        vec![
+            "plan",
+            "--model",
+            bad_model.to_str().unwrap(),
+            "--node",
+            "nc-1",
+        ],
+        vec!["plan", "--model", model, "--node", "nc-99"],
+        vec!["plan", "--model", model],
+        vec![
+            "plan",
+            "--config",
+            bad_config.to_str().unwrap(),
+            "--model",
+            model,
+        ],
+        vec!["plan", "--config", "/nonexistent.toml", "--model", model],
+        vec!["run", "--node", "nc-1"],
+        vec!["apply", "--node", "nc-1", "--model", model],
+    ];
+    for args in cases {
+        let out = edgenetd(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        let stderr = text(&out.stderr);
+        let lines: Vec<&str> = stderr
+            .lines()
+            .filter(|l| !l.starts_with("note: "))
+            .collect();
+        assert_eq!(lines.len(), 1, "{args:?}: {stderr}");
+        assert!(lines[0].starts_with("edgenetd: "), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn help_explains_itself() {
+    let out = edgenetd(&["--help"]);
+    assert!(out.status.success());
+    let help = text(&out.stdout);
+    for word in ["run", "plan", "apply", "status", "gen-model", "--dry-run"] {
+        assert!(help.contains(word), "--help lacks {word}:\n{help}");
+    }
+    let out = edgenetd(&["plan", "--help"]);
+    assert!(text(&out.stdout).contains("0 no changes, 2 changes, 1 error"));
+}
+
+#[test]
+fn apply_and_status_on_the_memory_dataplane() {
+    let model = fixture("cloud.json");
+    let model = model.to_str().unwrap();
+    let out = edgenetd(&[
+        "apply",
+        "--dataplane",
+        "memory",
+        "--node",
+        "nc-1",
+        "--model",
+        model,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with("nc-1: none -> v1-"));
+
+    // A fresh memory dataplane holds nothing: in sync, nothing applied.
+    let out = edgenetd(&[
+        "status",
+        "--dataplane",
+        "memory",
+        "--node",
+        "nc-1",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["node"], "nc-1");
+    assert!(doc["applied_state_id"].is_null());
+    assert!(doc["objects"].is_object());
+    assert_eq!(doc["drift"], serde_json::json!([]));
+}
+
+#[test]
+fn gen_model_prints_a_valid_model_of_the_asked_size() {
+    let out = edgenetd(&[
+        "gen-model",
+        "--nodes",
+        "4",
+        "--instances",
+        "100",
+        "--groups",
+        "5",
+        "--seed",
+        "7",
+    ]);
+    assert!(out.status.success());
+    let model = edgenet_model::parse_model(&out.stdout).unwrap();
+    assert_eq!(model.nodes.len(), 4);
+    assert_eq!(model.instances.len(), 100);
+    assert_eq!(model.security_groups.len(), 5);
+    let again = edgenetd(&[
+        "gen-model",
+        "--nodes",
+        "4",
+        "--instances",
+        "100",
+        "--groups",
+        "5",
+        "--seed",
+        "7",
+    ]);
+    assert_eq!(out.stdout, again.stdout, "deterministic for a seed");
+}
+
+/// SIGHUP reloads the configuration (a bad new file is refused and the
+/// daemon keeps running); SIGTERM stops cleanly with exit 0.
+#[test]
+fn signals_reload_and_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("edgenetd.toml");
+    std::fs::write(&config, "node_id = \"nc-1\"\n").unwrap();
+    let model = fixture("cloud.json");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edgenetd"))
+        .args(["run", "--dataplane", "memory", "--config"])
+        .arg(&config)
+        .arg("--model")
+        .arg(&model)
+        .env("EDGENET_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let signal = |name: &str| {
+        assert!(Command::new("kill")
+            .args([name, &pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+    std::thread::sleep(Duration::from_millis(800));
+    std::fs::write(&config, "node_id = \"nc-1\"\nwait_seconds = 5\n").unwrap();
+    signal("-HUP");
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(&config, "node_id = [\n").unwrap();
+    signal("-HUP");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "a bad config on SIGHUP must not stop the daemon"
+    );
+    signal("-TERM");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "SIGTERM did not stop edgenetd"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(status.success(), "{status:?}\n{stderr}");
+    assert!(stderr.contains("applied"), "{stderr}");
+    assert!(stderr.contains("configuration reloaded"), "{stderr}");
+    assert!(stderr.contains("new configuration refused"), "{stderr}");
+    assert!(stderr.contains("kernel state left as it is"), "{stderr}");
+}
