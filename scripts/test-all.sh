@@ -2,14 +2,15 @@
 # Runs every edgenet test on a fresh Debian machine, as root: it installs
 # what is missing (nftables, iproute2, ping, Python's moto and botocore),
 # then checks formatting and lints, then runs the whole suite, including
-# the network-namespace and moto tests.
+# the network-namespace and moto tests, then the systemd, packaging and
+# README checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 log() { printf '==> %s\n' "$*" >&2; }
 
 install_system_packages() {
-  local wanted=(nftables iproute2 iputils-ping procps python3-pip)
+  local wanted=(nftables iproute2 iputils-ping procps python3-pip systemd man-db dpkg)
   local missing=()
   for package in "${wanted[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -49,3 +50,11 @@ log "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 log "cargo nextest run"
 cargo nextest run --workspace --no-fail-fast
+
+log "systemd units: verify and security exposure"
+bash scripts/check-systemd.sh
+log "Debian package"
+package=$(bash scripts/build-deb.sh dev | tail -1)
+dpkg -c "$package" | awk '{print $6}' | grep -E '^\./(usr/bin|lib/systemd|usr/share/man)/'
+log "the README's first command, with --once"
+cargo run --release -- run --dry-run --model examples/cloud.json --node nc-1 --once
