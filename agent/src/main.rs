@@ -12,6 +12,7 @@ use edgenet_agent::cli::{
     ApplyArgs, Cli, Command, DataplaneKind, GenModelArgs, PlanArgs, RunArgs, SourceArgs, StatusArgs,
 };
 use edgenet_agent::config::{one_line, Config};
+use edgenet_agent::dataplane::linux::{LinuxConfig, LinuxDataplane};
 use edgenet_agent::dataplane::{Dataplane, MemoryDataplane};
 use edgenet_agent::dryrun::{self, OutputFormat};
 use edgenet_agent::metrics::{self, Metrics};
@@ -110,14 +111,25 @@ fn render_settings(config: &Config) -> RenderSettings {
     }
 }
 
-/// The dataplane `kind` names. The kernel one needs the Linux driver.
-fn open_dataplane(kind: DataplaneKind, _config: &Config) -> Result<Option<Box<dyn Dataplane>>> {
+/// The dataplane `kind` names. `watch_drift`: start the netlink monitor
+/// (the daemon needs it; one-shot commands do not).
+fn open_dataplane(
+    kind: DataplaneKind,
+    config: &Config,
+    watch_drift: bool,
+) -> Result<Option<Box<dyn Dataplane>>> {
     match kind {
         DataplaneKind::None => Ok(None),
         DataplaneKind::Memory => Ok(Some(Box::new(MemoryDataplane::new()))),
-        DataplaneKind::Kernel => Err(anyhow!(
-            "the kernel dataplane is not available in this build (use --dry-run, or --dataplane memory)"
-        )),
+        DataplaneKind::Kernel => {
+            let linux = LinuxConfig {
+                route_protocol: config.dataplane.route_protocol,
+                manage_sysctls: config.dataplane.manage_sysctls,
+                monitor: watch_drift,
+                ..LinuxConfig::default()
+            };
+            Ok(Some(Box::new(LinuxDataplane::new(linux)?)))
+        }
     }
 }
 
@@ -163,7 +175,7 @@ async fn run(args: RunArgs) -> Result<u8> {
         return Ok(0);
     }
 
-    let dataplane = open_dataplane(args.source.dataplane, &config)?
+    let dataplane = open_dataplane(args.source.dataplane, &config, true)?
         .ok_or_else(|| anyhow!("--dataplane none can only plan: use --dry-run"))?;
     let mut settings = ReconcileSettings::new(&node);
     settings.render = render_settings(&config);
@@ -404,7 +416,7 @@ async fn kernel_or_empty(
     kind: DataplaneKind,
     config: &Config,
 ) -> edgenet_agent::desired::KernelState {
-    let mut dataplane = match open_dataplane(kind, config) {
+    let mut dataplane = match open_dataplane(kind, config, false) {
         Ok(dataplane) => dataplane,
         Err(error) => {
             dryrun::note(&format!("{error:#}"));
@@ -432,7 +444,7 @@ async fn apply(args: ApplyArgs) -> Result<u8> {
             snapshot.left_out.join("; ")
         );
     }
-    let mut dataplane = open_dataplane(args.source.dataplane, &config)?
+    let mut dataplane = open_dataplane(args.source.dataplane, &config, false)?
         .ok_or_else(|| anyhow!("--dataplane none cannot apply"))?;
     let (changes, from) =
         apply_once(dataplane.as_mut(), &snapshot, &render_settings(&config)).await?;
@@ -453,7 +465,7 @@ struct StatusReport {
 
 async fn status(args: StatusArgs) -> Result<u8> {
     let config = load_config(&args.source)?;
-    let mut dataplane = open_dataplane(args.source.dataplane, &config)?
+    let mut dataplane = open_dataplane(args.source.dataplane, &config, false)?
         .ok_or_else(|| anyhow!("status needs a dataplane to read"))?;
     let kernel = dataplane.read().await?;
     let drift = match (&kernel.state_id, config.node_id.as_deref()) {

@@ -160,7 +160,16 @@ fn errors_are_one_line_with_exit_1() {
         ],
         vec!["plan", "--config", "/nonexistent.toml", "--model", model],
         vec!["run", "--node", "nc-1"],
-        vec!["apply", "--node", "nc-1", "--model", model],
+        vec!["apply", "--node", "nc-1"],
+        vec![
+            "run",
+            "--dataplane",
+            "none",
+            "--node",
+            "nc-1",
+            "--model",
+            model,
+        ],
     ];
     for args in cases {
         let out = edgenetd(&args);
