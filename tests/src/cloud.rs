@@ -459,6 +459,16 @@ impl Cloud {
         metric_label(&metrics, "edgenetd_applied_state_info", "state_id")
     }
 
+    /// The state id `edgenetd status` reads back from `node`'s kernel.
+    pub fn kernel_state_id(&self, node: &str) -> Option<String> {
+        let config = self.agent_config_path(node).display().to_string();
+        let edgenetd = self.edgenetd.to_string_lossy().into_owned();
+        let args = ["status", "--config", &config, "--output", "json"];
+        let out = self.node(node).exec_unchecked(&edgenetd, &args).ok()?;
+        let status: Value = serde_json::from_slice(&out.stdout).ok()?;
+        status["applied_state_id"].as_str().map(str::to_owned)
+    }
+
     /// Waits until every node has applied its view of the current model.
     pub fn wait_converged(&mut self, timeout: Duration) -> Result<()> {
         let nodes: Vec<String> = self.nodes.keys().cloned().collect();
@@ -471,12 +481,22 @@ impl Cloud {
     pub fn wait_node_converged(&mut self, node: &str, timeout: Duration) -> Result<()> {
         let want = self.expected_state_id(node)?;
         let deadline = Instant::now() + timeout;
+        let mut next_kernel_check = Instant::now() + Duration::from_millis(500);
         loop {
             if let Some(agent) = self.agents.get_mut(node) {
                 agent.ensure_running()?;
             }
             if self.applied_state_id(node).as_deref() == Some(want.as_str()) {
                 return Ok(());
+            }
+            // An agent that adopted the kernel's state at start-up applied
+            // nothing, so its metrics may not name a state: ask the kernel
+            // (now and then; it is a process run).
+            if Instant::now() >= next_kernel_check {
+                next_kernel_check = Instant::now() + Duration::from_millis(500);
+                if self.kernel_state_id(node).as_deref() == Some(want.as_str()) {
+                    return Ok(());
+                }
             }
             if Instant::now() >= deadline {
                 bail!(

@@ -23,7 +23,7 @@ impl Snapshot {
             nft_inet: nft_table(node, "inet")?,
             nft_bridge: nft_table(node, "bridge")?,
             routes: node.ip(&["route", "show", "table", "all", "proto", "159"])?,
-            addresses: node.ip(&["-o", "addr", "show"])?,
+            addresses: owned_addresses(&node.ip(&["-o", "addr", "show"])?),
         })
     }
 
@@ -42,6 +42,16 @@ impl Snapshot {
             .collect::<Vec<_>>()
             .join("\n")
     }
+}
+
+/// The address lines edgenetd could own: link-local IPv6 addresses (made
+/// by the kernel, with DAD flags that flip on their own) are left out.
+fn owned_addresses(text: &str) -> String {
+    text.lines()
+        .filter(|l| !l.contains("scope link"))
+        .map(|l| l.replace(" tentative", ""))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// `nft -a list table <family> edgenet`, or empty when the table is absent.

@@ -224,7 +224,7 @@ fn short_lived_credentials_expire_and_polls_go_on() {
     })
     .unwrap();
     // Two and a half lifetimes, with a change after each.
-    for (round, port) in [(1, 7777), (2, 2223)] {
+    for (round, port) in [(1, 7777), (2, 80)] {
         sleep(Duration::from_secs(10));
         open_port_on_db1(&mut cloud, port, CONVERGE);
         cloud.assert_flows(&[allow("i-lb1", "i-db1", port)]);
@@ -236,6 +236,20 @@ fn short_lived_credentials_expire_and_polls_go_on() {
             errors.join("\n")
         );
     }
+    // The credentials were really renewed: the server issued several per node.
+    let issued = |node: &str| {
+        let session = format!("session={node} duration=8");
+        cloud
+            .server_log()
+            .lines()
+            .filter(|l| l.contains(&session))
+            .count()
+    };
+    assert!(
+        issued("nc-1") >= 3,
+        "nc-1 did not renew its credentials:\n{}",
+        cloud.server_log()
+    );
     let nc2_log = cloud.agent_log("nc-2");
     let errors = auth_errors(&nc2_log);
     assert!(
