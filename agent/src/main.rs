@@ -212,6 +212,10 @@ fn check_source(source: &SourceArgs, config: &Config) -> Result<()> {
         bail!(
             "nothing to follow: give --model FILE, --endpoint URL, or endpoints in the config file"
         );
+    } else {
+        // A missing or too-open credentials file is a start-up error, not
+        // something to retry forever.
+        credentials_from_config(config, config.require_node()?, Arc::new(ClockSkew::new()))?;
     }
     Ok(())
 }

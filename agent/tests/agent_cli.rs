@@ -134,9 +134,21 @@ fn errors_are_one_line_with_exit_1() {
     std::fs::write(&bad_config, "node_idd = \"nc-1\"\n").unwrap();
     let bad_model = dir.path().join("bad.json");
     std::fs::write(&bad_model, "{\"schema\": 1,").unwrap();
+    let no_credentials = dir.path().join("no-credentials.toml");
+    std::fs::write(
+        &no_credentials,
+        "node_id = \"nc-1\"\nendpoints = [\"http://127.0.0.1:1/\"]\n[credentials]\nsource = \"static\"\nlong_term_file = \"/nonexistent/node-credentials\"\n",
+    )
+    .unwrap();
     let model = fixture("cloud.json");
     let model = model.to_str().unwrap();
     let cases: Vec<Vec<&str>> = vec![
+        vec![
+            "run",
+            "--dry-run",
+            "--config",
+            no_credentials.to_str().unwrap(),
+        ],
         vec!["plan", "--bogus-flag"],
         vec![
             "plan", "--output", "yaml", "--model", model, "--node", "nc-1",
