@@ -87,3 +87,59 @@ pub fn has_address(node: &Netns, dev: &str, cidr: &str) -> Result<bool> {
     let text = node.ip(&["-o", "addr", "show", "dev", dev])?;
     Ok(text.split_whitespace().any(|w| w == cidr))
 }
+
+/// Lines that occur more than once within one block of an `nft -a` listing
+/// (handles stripped), and `ip route` lines that occur twice: what a
+/// restarted agent that re-added instead of adopting would leave behind.
+pub fn duplicates(snapshot: &Snapshot) -> Vec<String> {
+    let mut found = Vec::new();
+    for listing in [&snapshot.nft_inet, &snapshot.nft_bridge] {
+        let mut block: Vec<String> = Vec::new();
+        for line in listing.lines() {
+            let line = line
+                .split(" # handle")
+                .next()
+                .unwrap_or(line)
+                .trim()
+                .to_owned();
+            if line.ends_with('{') || line == "}" {
+                block.clear();
+            } else if !line.is_empty() && block.contains(&line) {
+                found.push(line);
+            } else {
+                block.push(line);
+            }
+        }
+    }
+    let mut routes: Vec<&str> = Vec::new();
+    for line in snapshot.routes.lines() {
+        if routes.contains(&line) {
+            found.push(line.to_owned());
+        }
+        routes.push(line);
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(nft: &str, routes: &str) -> Snapshot {
+        Snapshot {
+            nft_inet: nft.into(),
+            nft_bridge: String::new(),
+            routes: routes.into(),
+            addresses: String::new(),
+        }
+    }
+
+    #[test]
+    fn duplicates_are_found_within_a_chain_only() {
+        let nft = "chain a { # handle 1\n\tdrop # handle 2\n}\nchain b { # handle 3\n\tdrop # handle 4\n\tdrop # handle 5\n}\n";
+        assert_eq!(duplicates(&snapshot(nft, "")), ["drop"]);
+        let routes = "10.1.0.0/16 via 1.2.3.4\n10.1.0.0/16 via 1.2.3.4\n";
+        assert_eq!(duplicates(&snapshot("", routes)).len(), 1);
+        assert!(duplicates(&snapshot("chain a {\n\tdrop\n}\nchain b {\n\tdrop\n}", "")).is_empty());
+    }
+}

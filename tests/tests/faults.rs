@@ -162,6 +162,21 @@ fn agent_sigkilled_and_restarted_changes_nothing() {
     // The restarted agent still follows changes.
     open_port_on_db1(&mut cloud, 7777, CONVERGE);
     cloud.assert_flows(&[allow("i-lb1", "i-db1", 7777)]);
+
+    // Killed right after a change was written, likely mid-apply: the next
+    // agent finishes the job without duplicating anything.
+    let mut changed = cloud.model.clone();
+    model::add_rule(&mut changed, "sg-admin", model::tcp_rule(80, "10.0.0.0/8")).unwrap();
+    cloud.write_model(changed).unwrap();
+    sleep(Duration::from_millis(30));
+    cloud.agent("nc-1").unwrap().kill_hard();
+    cloud.start_agent("nc-1").unwrap();
+    cloud.wait_node_converged("nc-1", CONVERGE).unwrap();
+    let snapshot = cloud.snapshot("nc-1").unwrap();
+    let dups = kernel::duplicates(&snapshot);
+    assert!(dups.is_empty(), "duplicates after a restart: {dups:?}");
+    cloud.assert_flows(&[allow("i-lb1", "i-db1", 80), allow("i-lb1", "i-db1", 7777)]);
+    cloud.assert_flows(&STEADY);
 }
 
 #[test]

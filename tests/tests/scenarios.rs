@@ -229,6 +229,20 @@ fn live_change_opens_and_closes_a_port_on_the_changed_node_only() {
         "nc-1 must be sent both changes"
     );
     assert_eq!(cloud.applied_state_id("nc-2"), nc2_state);
+
+    // The agents' feedback reached the server: both nodes converged.
+    let converged = probe::wait_until(Duration::from_secs(10), || {
+        cloud.describe_node_status().is_ok_and(|s| {
+            s["Nodes"].as_array().is_some_and(|nodes| {
+                nodes.len() == 2 && nodes.iter().all(|n| n["Converged"] == true)
+            })
+        })
+    });
+    assert!(
+        converged,
+        "server status: {:?}",
+        cloud.describe_node_status()
+    );
 }
 
 fn has_route(routes: &[serde_json::Value], dst: &str, gateway: &str, metric: u64) -> bool {
