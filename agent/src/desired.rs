@@ -11,7 +11,7 @@
 //! no statements.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -222,8 +222,8 @@ impl NftChain {
     }
 
     /// The chain's content identity: its rules' hashes in order.
-    pub fn rule_hashes(&self) -> impl Iterator<Item = &str> {
-        self.rules.iter().map(|r| r.hash.as_str())
+    pub fn rule_hashes(&self) -> impl Iterator<Item = RuleHash> + '_ {
+        self.rules.iter().map(|r| r.hash)
     }
 
     /// Same hook and same rules (by hash).
@@ -277,11 +277,42 @@ pub struct BaseChain {
     pub policy_accept: bool,
 }
 
+/// The identity of a rule's content: 80 bits of SHA-256, written in the
+/// rule's comment as 20 hex digits. Fixed size, so rendering 10,000
+/// instances does not allocate a string per rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RuleHash(pub [u8; 10]);
+
+impl RuleHash {
+    /// Parse the hex form; `None` for anything else.
+    pub fn from_hex(text: &str) -> Option<Self> {
+        let bytes = hex::decode(text).ok()?;
+        Some(RuleHash(bytes.try_into().ok()?))
+    }
+
+    /// A stand-in for a rule without our comment (someone else's): it
+    /// matches no rule of ours, so its chain is rewritten.
+    pub fn foreign(handle: u64) -> Self {
+        let mut bytes = [0xff; 10];
+        bytes[2..].copy_from_slice(&handle.to_le_bytes());
+        RuleHash(bytes)
+    }
+}
+
+impl fmt::Display for RuleHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for byte in self.0 {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
 /// One rule: statements to write plus the hash that identifies them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NftRule {
-    /// Hex digest of the chain name, the rule's position and its text.
-    pub hash: String,
+    /// Digest of the chain name, the rule's position and its text.
+    pub hash: RuleHash,
     /// Empty for a rule read back from the kernel.
     pub statements: Vec<Stmt>,
     /// Kernel handle of a rule read back; `None` in a desired rule.
@@ -292,13 +323,20 @@ impl NftRule {
     /// A desired rule. The hash covers the chain and position too (as
     /// Calico's does), so a rule moved elsewhere counts as changed.
     pub fn new(chain: &str, position: usize, statements: Vec<Stmt>) -> Self {
-        let text = rule_text(&statements);
-        let mut digest = Sha256::new();
-        digest.update(chain.as_bytes());
-        digest.update([0]);
-        digest.update(position.to_le_bytes());
-        digest.update(text.as_bytes());
-        let hash = hex::encode(&digest.finalize()[..10]);
+        let mut digest = DigestWriter(Sha256::new());
+        digest.0.update(chain.as_bytes());
+        digest.0.update([0]);
+        digest.0.update(position.to_le_bytes());
+        // The same bytes as `rule_text`, streamed: no string per rule.
+        for (index, statement) in statements.iter().enumerate() {
+            if index > 0 {
+                digest.0.update(b" ");
+            }
+            let _ = write!(digest, "{statement}");
+        }
+        let mut hash = [0; 10];
+        hash.copy_from_slice(&digest.0.finalize()[..10]);
+        let hash = RuleHash(hash);
         NftRule {
             hash,
             statements,
@@ -313,6 +351,16 @@ impl NftRule {
     /// The rule in `nft` syntax (without the comment).
     pub fn text(&self) -> String {
         rule_text(&self.statements)
+    }
+}
+
+/// Feeds formatted text straight into the digest.
+struct DigestWriter(Sha256);
+
+impl fmt::Write for DigestWriter {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        self.0.update(text.as_bytes());
+        Ok(())
     }
 }
 
@@ -608,7 +656,8 @@ mod tests {
         assert_ne!(a.hash, NftRule::new("sg_b", 0, stmts.clone()).hash);
         assert_ne!(a.hash, NftRule::new("sg_a", 1, stmts).hash);
         assert_ne!(a.hash, NftRule::new("sg_a", 0, vec![Stmt::Drop]).hash);
-        assert_eq!(a.hash.len(), 20);
+        assert_eq!(a.hash.to_string().len(), 20);
+        assert_eq!(RuleHash::from_hex(&a.hash.to_string()), Some(a.hash));
     }
 
     #[test]

@@ -207,10 +207,10 @@ fn parse_table(stdout: &[u8], id: &TableId) -> Result<(NftTable, Option<String>)
                 }
                 continue;
             }
-            let hash = match comment.strip_prefix(RULE_COMMENT_PREFIX) {
-                Some(hash) => hash.to_string(),
-                None => format!("foreign-{}", handle.unwrap_or(0)),
-            };
+            let hash = comment
+                .strip_prefix(RULE_COMMENT_PREFIX)
+                .and_then(RuleHash::from_hex)
+                .unwrap_or_else(|| RuleHash::foreign(handle.unwrap_or(0)));
             if let Some(chain) = table.chains.get_mut(chain) {
                 chain.rules.push(NftRule {
                     hash,
@@ -724,7 +724,7 @@ pub fn build_transaction(
 fn state_commands(state_id: &str) -> Vec<Json> {
     let id = TableId::ours(Family::Inet);
     let rule = NftRule {
-        hash: String::new(),
+        hash: RuleHash([0; 10]),
         statements: vec![Stmt::Return],
         handle: None,
     };
@@ -841,7 +841,7 @@ mod tests {
                      "handle": 5, "flags": ["interval"],
                      "elem": [{"prefix": {"addr": "10.1.0.0", "len": 16}}]}},
             {"rule": {"family": "inet", "table": "edgenet", "chain": "forward", "handle": 7,
-                      "comment": "edgenet:abc", "expr": []}},
+                      "comment": "edgenet:00112233445566778899", "expr": []}},
             {"rule": {"family": "inet", "table": "edgenet", "chain": "forward", "handle": 8, "expr": []}},
             {"rule": {"family": "inet", "table": "edgenet", "chain": "state", "handle": 9,
                       "comment": "edgenet-state:v1-abc", "expr": []}}
@@ -852,8 +852,11 @@ mod tests {
         assert!(!table.chains.contains_key(STATE_CHAIN));
         let forward = &table.chains["forward"];
         assert_eq!(forward.base.unwrap().hook, Hook::Forward);
-        let hashes: Vec<&str> = forward.rule_hashes().collect();
-        assert_eq!(hashes, ["abc", "foreign-8"]);
+        let hashes: Vec<String> = forward.rule_hashes().map(|h| h.to_string()).collect();
+        assert_eq!(
+            hashes,
+            ["00112233445566778899", &RuleHash::foreign(8).to_string()]
+        );
         assert_eq!(forward.rules[0].handle, Some(7));
         let instances = &table.sets["instances"];
         assert_eq!(instances.value, SetValue::Verdict);
