@@ -65,7 +65,7 @@ fn measure_open(cloud: &mut Cloud, open: &serde_json::Value) -> Result<(f64, f64
         let rule = s.spawn(|| poll_in(&node, start, || rule_visible(true)));
         let connect = s.spawn(|| {
             poll_in(&lb1, start, || {
-                TcpStream::connect_timeout(&target, Duration::from_millis(20)).is_ok()
+                TcpStream::connect_timeout(&target, Duration::from_millis(5)).is_ok()
             })
         });
         (rule.join(), connect.join())
