@@ -339,3 +339,75 @@ fn model_routes_carry_protocol_159_and_foreign_routes_stay() {
     );
     assert_eq!(foreign(nc1), foreign_before, "foreign routes changed");
 }
+
+#[test]
+fn group_membership_change_reaches_the_other_node() {
+    let mut cloud = Cloud::start().unwrap();
+    // sg-web (web2, on nc-2) opens 80 to members of sg-lb only.
+    cloud.assert_flows(&[deny("i-db1", "i-web2", 80), allow("i-lb1", "i-web2", 80)]);
+    let nc2_before = cloud.snapshot("nc-2").unwrap();
+
+    // db1 (on nc-1) joins sg-lb: nc-2's view changes through group_members.
+    let mut changed = cloud.model.clone();
+    let db1 = changed["instances"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|i| i["id"] == "i-db1")
+        .unwrap();
+    db1["security_groups"]
+        .as_array_mut()
+        .unwrap()
+        .push("sg-lb".into());
+    cloud.write_model(changed).unwrap();
+    cloud.wait_converged(CONVERGE).unwrap();
+    cloud.assert_flows(&[allow("i-db1", "i-web2", 80), allow("i-db1", "i-web1", 80)]);
+    // Only a set element changed on nc-2: its rules were not rewritten
+    // (but for the rule that records the applied state id).
+    let nc2_after = cloud.snapshot("nc-2").unwrap();
+    assert_ne!(
+        nc2_after.nft_inet, nc2_before.nft_inet,
+        "nc-2's sg-lb set must have grown"
+    );
+    let chains = |s: &str| -> Vec<String> {
+        s.lines()
+            .filter(|l| l.contains("# handle") && !l.contains("edgenet-state:"))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(
+        chains(&nc2_after.nft_inet),
+        chains(&nc2_before.nft_inet),
+        "nc-2 rewrote rules for a member change"
+    );
+}
+
+#[test]
+fn status_reads_the_applied_state_back_from_the_kernel() {
+    let cloud = Cloud::start().unwrap();
+    for node in ["nc-1", "nc-2"] {
+        let config = cloud.agent_config_path(node).display().to_string();
+        let edgenetd = edgenet_e2e::prereq::require_binary("edgenetd").unwrap();
+        let out = cloud
+            .node(node)
+            .exec_unchecked(
+                &edgenetd.to_string_lossy(),
+                &["status", "--config", &config, "--output", "json"],
+            )
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{node}: status not in sync: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let status: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(status["node"], node);
+        assert_eq!(
+            status["applied_state_id"],
+            cloud.expected_state_id(node).unwrap().as_str()
+        );
+        assert_eq!(status["drift"], serde_json::json!([]), "{node}: {status}");
+    }
+}
