@@ -45,3 +45,16 @@ pub fn require_binary(name: &str) -> Result<PathBuf> {
     }
     Ok(path)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_binary_says_how_to_build_it() {
+        let err = require_binary("no-such-edgenet-binary")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cargo build --bins"), "{err}");
+    }
+}

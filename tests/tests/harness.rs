@@ -97,8 +97,21 @@ fn sweep_removes_leftovers_of_dead_processes_only() {
         .args(["netns", "add", &dead])
         .status()
         .unwrap();
+    // A process a killed run left behind in it (an agent, say).
+    let mut orphan = std::process::Command::new("ip")
+        .args(["netns", "exec", &dead, "sleep", "60"])
+        .spawn()
+        .unwrap();
     let (ours, _b) = pair();
+    std::thread::sleep(Duration::from_millis(100));
     edgenet_e2e::names::sweep_leftovers();
+    let reaped = probe::wait_until(Duration::from_secs(3), || {
+        orphan.try_wait().unwrap().is_some()
+    });
+    if !reaped {
+        let _ = orphan.kill();
+    }
+    assert!(reaped, "the leftover's process was not killed");
     let left = list_netns();
     assert!(
         !left.contains(&dead),
