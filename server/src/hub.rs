@@ -202,8 +202,12 @@ impl Hub {
                     return Ok(PollAnswer::NotModified { state_id: current });
                 }
                 _ = stop.changed() => {
+                    // Stopping: answer now, with the new view if one is due.
                     self.wakeups.fetch_add(1, Ordering::Relaxed);
-                    return Ok(PollAnswer::NotModified { state_id: current });
+                    return match self.compare(node, client_state)? {
+                        Compared::Changed(answer) => Ok(answer),
+                        Compared::Same(_) => Ok(PollAnswer::NotModified { state_id: current }),
+                    };
                 }
             }
         }
@@ -413,6 +417,7 @@ mod tests {
             if held != last {
                 assert!(matches!(answer, Ok(PollAnswer::View { .. })), "held {held}");
             }
+            // Those that hold the last id stay parked: release them.
             hub.shut_down();
         }
     }
