@@ -318,3 +318,38 @@ fn sts_unreachable_agent_fails_static_then_recovers() {
     cloud.assert_flows(&[allow("i-lb1", "i-db1", 7777)]);
     cloud.assert_flows(&STEADY);
 }
+
+#[test]
+fn flushed_chain_and_deleted_bridge_table_are_repaired() {
+    let cloud = Cloud::start().unwrap();
+    let nc1 = cloud.node("nc-1");
+    let lb1 = &cloud.instance("i-lb1").ns;
+    // An emptied SG chain: db1 falls through to its drop, 9000 closes...
+    nc1.nft(&["flush", "chain", "inet", "edgenet", "sg_sg-db"])
+        .unwrap();
+    cloud.assert_flows(&[deny("i-lb1", "i-db1", 9000)]);
+    // ...until the resync (5 s here) puts the rules back.
+    cloud.wait_flows(&[allow("i-lb1", "i-db1", 9000)], Duration::from_secs(15));
+
+    // No anti-spoofing table: a spoofed source gets through...
+    nc1.nft(&["delete", "table", "bridge", "edgenet"]).unwrap();
+    lb1.ip(&["addr", "add", "10.1.0.98/16", "dev", "eth0"])
+        .unwrap();
+    assert!(
+        probe::ping_from(lb1, Some("10.1.0.98"), "10.1.0.11", 2).unwrap(),
+        "without the bridge table the spoofed ping should pass (else this test proves nothing)"
+    );
+    // ...until the table is back.
+    let repaired = probe::wait_until(Duration::from_secs(15), || {
+        !kernel::nft_table(nc1, "bridge")
+            .unwrap_or_default()
+            .is_empty()
+    });
+    assert!(repaired, "table bridge edgenet not recreated");
+    sleep(Duration::from_millis(200));
+    assert!(
+        !probe::ping_from(lb1, Some("10.1.0.98"), "10.1.0.11", 1).unwrap(),
+        "anti-spoofing not repaired"
+    );
+    cloud.assert_flows(&STEADY);
+}
