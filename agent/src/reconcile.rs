@@ -83,6 +83,9 @@ pub struct Reconciler {
     target: Option<Arc<Snapshot>>,
     backoff: Backoff,
     retry_at: Option<tokio::time::Instant>,
+    /// Changes the kernel could not take at the last apply: retrying them
+    /// at a resync is not a drift repair.
+    deferred: Vec<crate::diff::Change>,
 }
 
 impl Reconciler {
@@ -103,6 +106,7 @@ impl Reconciler {
             target: None,
             backoff,
             retry_at: None,
+            deferred: Vec::new(),
         };
         (reconciler, feedback_rx)
     }
@@ -269,16 +273,16 @@ impl Reconciler {
             return Ok(0);
         }
         let report = self.dataplane.apply(&changes, &desired, state_id).await?;
-        for deferred in &report.deferred {
-            tracing::warn!(change = %deferred.change.line(), reason = %deferred.reason, "change deferred to the next resync");
-        }
+        log_deferred(&report.deferred);
         // Changes for the id the kernel already records: someone changed
         // what we had applied, and this put it back.
-        if actual.state_id.as_deref() == Some(state_id) && !changes.is_empty() {
+        let retrying_deferred = changes.changes.iter().all(|c| self.deferred.contains(c));
+        if actual.state_id.as_deref() == Some(state_id) && !retrying_deferred {
             tracing::warn!(changes = changes.len(), "repaired drift");
             self.metrics.drift_repaired();
         }
-        changes.apply_to(&mut actual, &report.deferred_changes());
+        self.deferred = report.deferred_changes();
+        changes.apply_to(&mut actual, &self.deferred);
         actual.state_id = Some(state_id.to_string());
         self.actual = Some(actual);
         Ok(changes.len())
@@ -347,6 +351,31 @@ impl Reconciler {
     }
 }
 
+/// One line for all deferred changes (10,000 addresses on a missing device
+/// must not be 10,000 log lines at every resync), naming the first few.
+fn log_deferred(deferred: &[crate::dataplane::DeferredChange]) {
+    const NAMED: usize = 3;
+    if deferred.is_empty() {
+        return;
+    }
+    let named: Vec<String> = deferred
+        .iter()
+        .take(NAMED)
+        .map(|d| format!("{} ({})", d.change.line(), d.reason))
+        .collect();
+    let more = deferred.len().saturating_sub(NAMED);
+    let more = if more > 0 {
+        format!("; and {more} more")
+    } else {
+        String::new()
+    };
+    tracing::warn!(
+        count = deferred.len(),
+        "changes deferred to the next resync: {}{more}",
+        named.join("; ")
+    );
+}
+
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -372,9 +401,7 @@ pub async fn apply_once(
         let report = dataplane
             .apply(&changes, &desired, &snapshot.state_id)
             .await?;
-        for deferred in &report.deferred {
-            tracing::warn!(change = %deferred.change.line(), reason = %deferred.reason, "deferred (the device is not there yet)");
-        }
+        log_deferred(&report.deferred);
     }
     Ok((changes, actual.state_id))
 }
