@@ -469,6 +469,19 @@ impl Cloud {
         status["applied_state_id"].as_str().map(str::to_owned)
     }
 
+    /// `edgenetd plan --config <node's>` in `node`: (exit code, output).
+    /// Exit 0 means the kernel already matches the server's view.
+    pub fn plan(&self, node: &str) -> Result<(Option<i32>, String)> {
+        let config = self.agent_config_path(node).display().to_string();
+        let edgenetd = self.edgenetd.to_string_lossy().into_owned();
+        let out = self
+            .node(node)
+            .exec_unchecked(&edgenetd, &["plan", "--config", &config])?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        Ok((out.status.code(), text))
+    }
+
     /// Waits until every node has applied its view of the current model.
     pub fn wait_converged(&mut self, timeout: Duration) -> Result<()> {
         let nodes: Vec<String> = self.nodes.keys().cloned().collect();

@@ -148,6 +148,9 @@ fn agent_sigkilled_and_restarted_changes_nothing() {
     // The kernel keeps what was programmed: traffic is as before.
     cloud.assert_flows(&STEADY);
     assert!(internet_reaches_web1(&cloud));
+    // What a restart would do, asked of the server's view: nothing.
+    let (code, plan) = cloud.plan("nc-1").unwrap();
+    assert_eq!(code, Some(0), "plan after a crash wants changes:\n{plan}");
 
     cloud.start_agent("nc-1").unwrap();
     cloud.wait_node_converged("nc-1", CONVERGE).unwrap();
