@@ -81,37 +81,4 @@ fn render_and_diff_10k_instances() {
         "  render + diff vs empty {:>10.1?}",
         render_time + from_empty
     );
-    drop((changes, none, one_less, changed_view, changed_model, model));
-    memory_breakdown(snapshot, &settings);
-}
-
-/// Resident memory of this process, in KiB (Linux).
-fn rss_kib() -> i64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-/// What the agent holds between snapshots: the view and the kernel state
-/// it believes is applied (the desired state of the last apply). Measured
-/// as RSS growth, so only roughly (allocator slack included).
-fn memory_breakdown(snapshot: Snapshot, settings: &RenderSettings) {
-    let base = rss_kib();
-    let view = snapshot.view.clone().unwrap();
-    let desired = render(&view, settings).desired;
-    let with_state = rss_kib();
-    let copy = desired.clone();
-    let with_copy = rss_kib();
-    let changes = diff(&KernelState::default(), &desired);
-    let with_changes = rss_kib();
-    println!(
-        "memory (RSS growth, KiB): kernel state {}, one more copy {}, full change set {}",
-        with_state - base,
-        with_copy - with_state,
-        with_changes - with_copy
-    );
-    drop((copy, changes));
 }

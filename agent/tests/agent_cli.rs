@@ -341,3 +341,64 @@ fn signals_reload_and_stop() {
     assert!(stderr.contains("new configuration refused"), "{stderr}");
     assert!(stderr.contains("kernel state left as it is"), "{stderr}");
 }
+
+/// `apply`, `status` and `plan` on the real kernel, inside a network
+/// namespace of its own (root only; skipped otherwise): drift is reported
+/// with exit 2 and planned back.
+#[test]
+fn status_reports_drift_on_the_kernel_in_a_namespace() {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| text(&o.stdout).trim() == "0");
+    if !root.unwrap_or(false) || Command::new("nft").arg("--version").output().is_err() {
+        eprintln!("skipped: needs root and nft");
+        return;
+    }
+    let script = r#"
+set -e
+ip link set lo up
+ip link add br0 type bridge && ip link set br0 up
+ip link add eth0 type veth peer name eth0-peer && ip link set eth0 up && ip link set eth0-peer up
+"$EDGENETD" apply --node nc-1 --model "$MODEL" > /dev/null
+"$EDGENETD" status --node nc-1 --model "$MODEL" --output json
+echo "rc=$?"
+ip route del 10.200.0.0/16
+nft flush chain inet edgenet sg_sg-db
+set +e
+"$EDGENETD" status --node nc-1 --model "$MODEL" --output json
+echo "rc=$?"
+"$EDGENETD" plan --node nc-1 --model "$MODEL"
+echo "rc=$?"
+"#;
+    let out = Command::new("unshare")
+        .args(["-n", "bash", "-c", script])
+        .env("EDGENETD", env!("CARGO_BIN_EXE_edgenetd"))
+        .env("MODEL", fixture("cloud.json"))
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    let lines: Vec<&str> = stdout.lines().collect();
+    let in_sync: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert!(in_sync["applied_state_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("v1-"));
+    assert_eq!(in_sync["drift"], serde_json::json!([]));
+    assert_eq!(lines[1], "rc=0");
+    let drifted: serde_json::Value = serde_json::from_str(lines[2]).unwrap();
+    assert_eq!(
+        drifted["drift"],
+        serde_json::json!([
+            "nft chain inet edgenet sg_sg-db",
+            "route 10.200.0.0/16 via 10.1.0.254 metric 100 proto 159"
+        ])
+    );
+    assert_eq!(lines[3], "rc=2");
+    assert!(
+        lines[4].ends_with(": 1 to add, 1 to change, 0 to remove"),
+        "{stdout}"
+    );
+    assert_eq!(lines[7], "rc=2");
+}
