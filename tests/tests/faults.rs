@@ -268,6 +268,16 @@ fn short_lived_credentials_expire_and_polls_go_on() {
         "nc-1 did not renew its credentials:\n{}",
         cloud.server_log()
     );
+    // Every poll of both agents was answered (a view or 304): none failed.
+    for node in ["nc-1", "nc-2"] {
+        let metrics = cloud.agent_metrics(node).unwrap();
+        let failed: Vec<&str> = metrics
+            .lines()
+            .filter(|l| l.starts_with("edgenetd_polls_total{"))
+            .filter(|l| !l.contains("outcome=\"view\"") && !l.contains("outcome=\"not_modified\""))
+            .collect();
+        assert!(failed.is_empty(), "{node}: failed polls: {failed:?}");
+    }
     let nc2_log = cloud.agent_log("nc-2");
     let errors = auth_errors(&nc2_log);
     assert!(
