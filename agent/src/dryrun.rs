@@ -158,7 +158,9 @@ fn print_one(
     );
     out.write_all(text.as_bytes())?;
     out.flush()?;
-    Ok(desired)
+    let mut next_baseline = desired;
+    crate::reconcile::forget_rule_statements(&mut next_baseline);
+    Ok(next_baseline)
 }
 
 #[cfg(test)]

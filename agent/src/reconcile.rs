@@ -283,6 +283,7 @@ impl Reconciler {
         }
         self.deferred = report.deferred_changes();
         changes.apply_to(&mut actual, &self.deferred);
+        forget_rule_statements(&mut actual);
         actual.state_id = Some(state_id.to_string());
         self.actual = Some(actual);
         Ok(changes.len())
@@ -348,6 +349,20 @@ impl Reconciler {
         let base = self.settings.resync.as_secs_f64();
         let factor = rand::thread_rng().gen_range(0.9..=1.1);
         Duration::from_secs_f64(base * factor)
+    }
+}
+
+/// Drops the statements of every rule, keeping their hashes: the diff
+/// compares rules by hash only (as read back from the kernel, rules carry
+/// no statements either), and the statements of 10,000 instances' chains
+/// are most of a cached state's memory.
+pub fn forget_rule_statements(state: &mut KernelState) {
+    for table in state.tables.values_mut() {
+        for chain in table.chains.values_mut() {
+            for rule in &mut chain.rules {
+                rule.statements = Vec::new();
+            }
+        }
     }
 }
 
