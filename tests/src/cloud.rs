@@ -42,6 +42,8 @@ pub const CLOUD_IP: &str = "192.168.100.2";
 pub const STS_IP: &str = "192.168.100.3";
 pub const INTERNET_IP: &str = "192.168.100.200";
 pub const SERVER_PORT: u16 = 8773;
+/// Where the optional second server replica listens.
+pub const REPLICA_PORT: u16 = 8774;
 pub const METADATA_PORT: u16 = 8775;
 /// Ports every instance answers on (greeting = its instance id).
 pub const INSTANCE_PORTS: [u16; 6] = [22, 80, 2222, 5432, 7777, 9000];
@@ -63,6 +65,9 @@ pub struct CloudOptions {
     pub resync_seconds: u32,
     pub server_args: Vec<String>,
     pub start_agents: bool,
+    /// Also run a second server (same model, keys and token key) on
+    /// [`REPLICA_PORT`], listed second in the agents' endpoints.
+    pub replica: bool,
 }
 
 impl Default for CloudOptions {
@@ -74,6 +79,7 @@ impl Default for CloudOptions {
             resync_seconds: 5,
             server_args: Vec::new(),
             start_agents: true,
+            replica: false,
         }
     }
 }
@@ -89,7 +95,8 @@ pub struct InstanceNs {
 /// first, then namespaces, then the scratch directory.
 pub struct Cloud {
     agents: BTreeMap<String, Daemon>,
-    server: Option<Daemon>,
+    /// Servers by listening port.
+    servers: BTreeMap<u16, Daemon>,
     responders: Vec<Responder>,
     pub instances: BTreeMap<String, InstanceNs>,
     pub nodes: BTreeMap<String, Netns>,
@@ -121,7 +128,7 @@ impl Cloud {
         links::bridge(&underlay, "ul")?;
         let mut cloud = Cloud {
             agents: BTreeMap::new(),
-            server: None,
+            servers: BTreeMap::new(),
             responders: Vec::new(),
             instances: BTreeMap::new(),
             nodes: BTreeMap::new(),
@@ -145,6 +152,9 @@ impl Cloud {
         cloud.start_responders()?;
         cloud.write_files()?;
         cloud.start_server()?;
+        if cloud.options.replica {
+            cloud.start_server_on(REPLICA_PORT)?;
+        }
         if cloud.options.start_agents {
             for (node, _) in NODES {
                 cloud.start_agent(node)?;
@@ -297,7 +307,11 @@ impl Cloud {
         let creds = self.dir().join(format!("{node}.credentials"));
         let mut s = String::new();
         let _ = writeln!(s, "node_id = \"{node}\"");
-        let _ = writeln!(s, "endpoints = [\"http://{CLOUD_IP}:{SERVER_PORT}/\"]");
+        let mut endpoints = format!("\"http://{CLOUD_IP}:{SERVER_PORT}/\"");
+        if o.replica {
+            endpoints.push_str(&format!(", \"http://{CLOUD_IP}:{REPLICA_PORT}/\""));
+        }
+        let _ = writeln!(s, "endpoints = [{endpoints}]");
         let _ = writeln!(
             s,
             "region = \"{REGION}\"\nwait_seconds = {}",
@@ -320,12 +334,17 @@ impl Cloud {
 
     /// Starts (or restarts) `edgenet-server` in the cloud namespace.
     pub fn start_server(&mut self) -> Result<()> {
+        self.start_server_on(SERVER_PORT)
+    }
+
+    /// Starts (or restarts) a server listening on `port` (all addresses).
+    pub fn start_server_on(&mut self, port: u16) -> Result<()> {
         let d = self.dir();
         let mut args: Vec<String> = vec![
             "--model".into(),
             self.model_path().display().to_string(),
             "--listen".into(),
-            format!("0.0.0.0:{SERVER_PORT}"),
+            format!("0.0.0.0:{port}"),
             "--credentials".into(),
             d.join("server-credentials.toml").display().to_string(),
             "--token-key".into(),
@@ -334,33 +353,27 @@ impl Cloud {
             REGION.into(),
         ];
         args.extend(self.options.server_args.iter().cloned());
-        let log = d.join("server.log");
+        let log = d.join(server_log_name(port));
         let env = [
             ("RUST_LOG", "info"),
             ("EDGENET_LOG", "info"),
             ("NO_COLOR", "1"),
         ];
-        let server = Daemon::spawn(
-            &self.cloud,
-            "edgenet-server",
-            &self.server_bin,
-            &args,
-            &env,
-            log,
-        )?;
-        self.server = Some(server);
-        let addr = sock(CLOUD_IP, SERVER_PORT)?;
+        let label = format!("edgenet-server :{port}");
+        let server = Daemon::spawn(&self.cloud, &label, &self.server_bin, &args, &env, log)?;
+        self.servers.insert(port, server);
+        let addr = sock(CLOUD_IP, port)?;
         let up = probe::wait_until(Duration::from_secs(15), || {
-            self.server
-                .as_mut()
+            self.servers
+                .get_mut(&port)
                 .is_some_and(|s| s.ensure_running().is_ok())
                 && probe::tcp_open(&self.cloud, addr, Duration::from_millis(200))
         });
         if !up {
-            let server = self.server.as_mut().context("server")?;
+            let server = self.servers.get_mut(&port).context("server")?;
             server.ensure_running()?;
             bail!(
-                "edgenet-server does not listen on {addr}; log:\n{}",
+                "{label} does not listen on {addr}; log:\n{}",
                 tail(&server.log(), 40)
             );
         }
@@ -369,7 +382,12 @@ impl Cloud {
 
     /// SIGKILLs the server.
     pub fn kill_server(&mut self) {
-        if let Some(mut s) = self.server.take() {
+        self.kill_server_on(SERVER_PORT);
+    }
+
+    /// SIGKILLs the server listening on `port`.
+    pub fn kill_server_on(&mut self, port: u16) {
+        if let Some(mut s) = self.servers.remove(&port) {
             s.kill_hard();
         }
     }
@@ -411,8 +429,13 @@ impl Cloud {
         self.agents.get(node).map(Daemon::log).unwrap_or_default()
     }
 
+    /// The log of the (first) server, across restarts.
     pub fn server_log(&self) -> String {
-        std::fs::read_to_string(self.dir().join("server.log")).unwrap_or_default()
+        self.server_log_on(SERVER_PORT)
+    }
+
+    pub fn server_log_on(&self, port: u16) -> String {
+        std::fs::read_to_string(self.dir().join(server_log_name(port))).unwrap_or_default()
     }
 
     pub fn node(&self, node: &str) -> &Netns {
@@ -536,9 +559,14 @@ impl Cloud {
 
     /// GET /metrics from the server.
     pub fn server_metrics(&self) -> Result<String> {
+        self.server_metrics_on(SERVER_PORT)
+    }
+
+    /// GET /metrics from the server listening on `port`.
+    pub fn server_metrics_on(&self, port: u16) -> Result<String> {
         let r = http::get(
             &self.cloud,
-            sock(CLOUD_IP, SERVER_PORT)?,
+            sock(CLOUD_IP, port)?,
             "/metrics",
             &[],
             Duration::from_secs(2),
@@ -570,7 +598,13 @@ impl Cloud {
 
     /// Logs of every process, for failure messages.
     pub fn all_logs(&self) -> String {
-        let mut out = format!("=== edgenet-server\n{}\n", tail(&self.server_log(), 60));
+        let mut out = String::new();
+        for port in [SERVER_PORT, REPLICA_PORT] {
+            let log = self.server_log_on(port);
+            if !log.is_empty() {
+                let _ = writeln!(out, "=== edgenet-server :{port}\n{}", tail(&log, 60));
+            }
+        }
         for (node, agent) in &self.agents {
             let _ = writeln!(out, "=== edgenetd {node}\n{}", tail(&agent.log(), 60));
         }
@@ -613,6 +647,14 @@ pub fn sock(ip: &str, port: u16) -> Result<SocketAddr> {
         ip.parse().with_context(|| format!("address {ip}"))?,
         port,
     ))
+}
+
+fn server_log_name(port: u16) -> String {
+    if port == SERVER_PORT {
+        "server.log".into()
+    } else {
+        format!("server-{port}.log")
+    }
 }
 
 fn node_ip(node: &str) -> Result<&'static str> {

@@ -6,7 +6,7 @@ use std::thread::sleep;
 use std::time::Duration;
 
 use edgenet_e2e::cloud::{
-    allow, deny, metric_value, sock, Cloud, CloudOptions, Flow, SERVER_PORT, STS_IP,
+    allow, deny, metric_value, sock, Cloud, CloudOptions, Flow, REPLICA_PORT, SERVER_PORT, STS_IP,
 };
 use edgenet_e2e::{kernel, model, probe};
 
@@ -480,4 +480,45 @@ fn drift_while_the_agent_was_down_is_repaired_after_restart() {
         before.describe_difference(&now)
     );
     cloud.assert_flows(&STEADY);
+}
+
+#[test]
+fn agents_fail_over_to_a_replica_that_shares_the_token_key() {
+    let mut cloud = Cloud::start_with(CloudOptions {
+        replica: true,
+        ..Default::default()
+    })
+    .unwrap();
+    cloud.kill_server();
+    // The first endpoint is gone; its sealed session tokens still open at
+    // the replica (shared --token-key), so no new AssumeRole is needed.
+    open_port_on_db1(&mut cloud, 7777, Duration::from_secs(45));
+    cloud.assert_flows(&[allow("i-lb1", "i-db1", 7777)]);
+    cloud.assert_flows(&STEADY);
+    let metrics = cloud.server_metrics_on(REPLICA_PORT).unwrap();
+    let views = metric_value(&metrics, "edgenet_server_answers_total{kind=\"200\"}");
+    assert!(views >= Some(1.0), "the replica sent no view:\n{metrics}");
+    let replica_log = cloud.server_log_on(REPLICA_PORT);
+    assert!(
+        !replica_log.contains("issued temporary credentials"),
+        "the replica had to issue credentials (STS lives on the first server only)"
+    );
+}
+
+#[test]
+fn sigterm_stops_the_agent_and_leaves_the_kernel_as_it_is() {
+    let mut cloud = Cloud::start().unwrap();
+    let before = cloud.snapshot("nc-1").unwrap();
+    let agent = cloud.agent("nc-1").unwrap();
+    agent.signal(nix::sys::signal::Signal::SIGTERM).unwrap();
+    let exited = probe::wait_until(Duration::from_secs(10), || agent.ensure_running().is_err());
+    assert!(exited, "edgenetd did not stop on SIGTERM");
+    let after = cloud.snapshot("nc-1").unwrap();
+    assert!(
+        after == before,
+        "stopping changed the kernel:\n{}",
+        before.describe_difference(&after)
+    );
+    cloud.assert_flows(&STEADY);
+    assert!(internet_reaches_web1(&cloud));
 }
