@@ -157,8 +157,7 @@ async fn run(args: RunArgs) -> Result<u8> {
         let (_feedback_tx, feedback_rx) = watch::channel(Feedback::default());
         let sources =
             SourceSupervisor::new(args.source.clone(), config.clone(), node.clone(), metrics);
-        let held = baseline.state_id.clone();
-        let source_task = tokio::spawn(sources.run(held, snapshot_tx, feedback_rx, reload_rx));
+        let source_task = tokio::spawn(sources.run(None, snapshot_tx, feedback_rx, reload_rx));
         let mut stdout = std::io::stdout();
         let result = dryrun::run_dry(
             baseline,
@@ -182,12 +181,15 @@ async fn run(args: RunArgs) -> Result<u8> {
     settings.resync = config.resync_period();
     settings.once = args.once;
     let (mut reconciler, feedback_rx) = Reconciler::new(settings, dataplane, metrics.clone());
-    let held = reconciler.read_applied_state_id().await.map_err(fatal)?;
-    if let Some(held) = &held {
+    // The first poll still asks for the view (StateId empty): the view is
+    // needed to check the kernel against it (drift while we were down) and
+    // for later resyncs. The diff of an unchanged kernel is empty, so a
+    // restart changes nothing; the server learns the applied id at once.
+    if let Some(held) = reconciler.read_applied_state_id().await.map_err(fatal)? {
         tracing::info!(state_id = %held, "kernel holds a state applied earlier");
     }
     let sources = SourceSupervisor::new(args.source.clone(), config, node, metrics);
-    let source_task = tokio::spawn(sources.run(held, snapshot_tx, feedback_rx, reload_rx));
+    let source_task = tokio::spawn(sources.run(None, snapshot_tx, feedback_rx, reload_rx));
     if let Some(period) = edgenet_agent::notify::watchdog_period() {
         tokio::spawn(edgenet_agent::notify::watchdog(period));
     }

@@ -83,6 +83,9 @@ pub struct Reconciler {
     target: Option<Arc<Snapshot>>,
     backoff: Backoff,
     retry_at: Option<tokio::time::Instant>,
+    /// Something happened (new target, drift, resync, retry) since the last
+    /// successful pass: the next pass must diff.
+    dirty: bool,
     /// Changes the kernel could not take at the last apply: retrying them
     /// at a resync is not a drift repair.
     deferred: Vec<crate::diff::Change>,
@@ -107,6 +110,7 @@ impl Reconciler {
             backoff,
             retry_at: None,
             deferred: Vec::new(),
+            dirty: false,
         };
         (reconciler, feedback_rx)
     }
@@ -170,10 +174,12 @@ impl Reconciler {
                 _ = tokio::time::sleep_until(resync_at) => {
                     tracing::debug!("periodic resync");
                     self.actual = None;
+                    self.dirty = true;
                     resync_at = tokio::time::Instant::now() + self.resync_wait();
                 }
                 _ = sleep_until_opt(retry_at), if retry_at.is_some() => {
                     self.retry_at = None;
+                    self.dirty = true;
                 }
             }
             if self.retry_at.is_some() {
@@ -204,6 +210,7 @@ impl Reconciler {
             return;
         }
         self.target = Some(snapshot);
+        self.dirty = true;
         // A new target is worth trying at once, even while backing off.
         self.retry_at = None;
     }
@@ -216,6 +223,7 @@ impl Reconciler {
         }
         tracing::warn!(count = objects.len(), first = %objects[0], "drift detected; resyncing");
         self.actual = None;
+        self.dirty = true;
     }
 
     /// One pass: read (if needed), render, diff, apply. Errors are kept in
@@ -227,13 +235,9 @@ impl Reconciler {
         let Some(view) = target.view.as_deref() else {
             return Ok(None);
         };
-        let up_to_date = self
-            .actual
-            .as_ref()
-            .is_some_and(|a| a.state_id.as_deref() == Some(target.state_id.as_str()));
-        if up_to_date {
-            // Our cache says the kernel has this state: nothing to do until a
-            // resync or drift clears the cache.
+        if !self.dirty {
+            // Nothing happened that could make the kernel differ from the
+            // target since the last successful pass.
             return Ok(None);
         }
         let started = Instant::now();
@@ -290,6 +294,7 @@ impl Reconciler {
     }
 
     fn succeeded(&mut self, target: &Snapshot, changes: usize, took: Duration) {
+        self.dirty = false;
         self.backoff.reset();
         let objects = self
             .actual

@@ -131,14 +131,16 @@ async fn start_agent(endpoints: Vec<String>, dataplane: MemoryDataplane) -> Agen
     settings.resync = Duration::from_secs(3600);
     let (mut reconciler, feedback) =
         Reconciler::new(settings, Box::new(dataplane.clone()), metrics.clone());
-    let held = reconciler.read_applied_state_id().await.unwrap();
+    // As edgenetd does: read the kernel (the applied id is fed back at the
+    // first poll), but ask for the view anyway.
+    reconciler.read_applied_state_id().await.unwrap();
     let (snapshot_tx, snapshot_rx) = watch::channel(None);
     let mut config = PollerConfig::new(NODE, endpoints);
     config.wait_seconds = 2;
     config.skew_allowance = Duration::from_secs(1);
     config.backoff_max = Duration::from_millis(500);
     let poller = Poller::new(config, None, Arc::new(ClockSkew::new()), metrics.clone()).unwrap();
-    let poller = tokio::spawn(poller.run(held, snapshot_tx, feedback));
+    let poller = tokio::spawn(poller.run(None, snapshot_tx, feedback));
     let (stop, stop_rx) = watch::channel(false);
     let reconcile = tokio::spawn(reconciler.run(snapshot_rx, stop_rx));
     Agent {
@@ -248,6 +250,9 @@ async fn keeps_state_while_the_server_is_down_and_resumes_without_reapplying() {
     server.shutdown().await;
 }
 
+/// A restarted agent fetches the view once (it needs it to check the kernel
+/// and for later resyncs), finds the kernel already matches, and changes
+/// nothing; then it parks.
 #[tokio::test]
 async fn a_restarted_agent_adopts_the_kernel_state() {
     let fixture = Fixture::new();
@@ -263,14 +268,21 @@ async fn a_restarted_agent_adopts_the_kernel_state() {
         MemoryDataplane::with_state(kernel.clone()),
     )
     .await;
-    eventually(Duration::from_secs(10), || server.parked_polls() == 1).await;
-    assert_eq!(
-        second.metrics.polls("view"),
-        0,
-        "a held state is not sent again"
-    );
-    assert_eq!(second.dataplane.stats().applies, 0);
+    eventually(Duration::from_secs(10), || {
+        second.metrics.polls("view") == 1
+    })
+    .await;
+    let applied_line = format!("edgenetd_applied_state_info{{state_id=\"{id}\"}} 1");
+    eventually(Duration::from_secs(10), || {
+        second.metrics.render().contains(&applied_line)
+    })
+    .await;
+    assert_eq!(second.dataplane.stats().applies, 0, "nothing re-applied");
     assert_eq!(second.dataplane.kernel(), kernel);
+    // The adopted state counts as applied (READY, metrics, feedback).
+    assert!(second.metrics.render().contains(&format!(
+        "edgenetd_applied_state_info{{state_id=\"{id}\"}} 1"
+    )));
     second.stop().await;
     server.shutdown().await;
 }
