@@ -446,9 +446,6 @@ fn arp_announcing_another_address_is_dropped() {
 }
 
 #[test]
-#[ignore = "blocked: a restarted edgenetd that finds its state id in the kernel polls with that id, \
-            gets no view (the server parks: nothing changed) and so never compares the kernel \
-            with a view: drift from its downtime stays until the model changes (agent, issue 5/6)"]
 fn drift_while_the_agent_was_down_is_repaired_after_restart() {
     let mut cloud = Cloud::start().unwrap();
     let before = cloud.snapshot("nc-1").unwrap();
