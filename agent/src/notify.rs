@@ -52,12 +52,15 @@ fn send(states: &[NotifyState<'_>]) {
 /// `WATCHDOG_USEC`, as sd_watchdog_enabled(3) advises; `None` when the
 /// watchdog is off.
 pub fn watchdog_period() -> Option<Duration> {
-    let mut usec = 0u64;
-    if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
-        Some(Duration::from_micros(usec / 2))
-    } else {
-        None
+    // As sd_watchdog_enabled(3): WATCHDOG_PID, when set, must be ours (the
+    // variables may have been inherited from a parent).
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+        if pid.trim().parse::<u32>().ok() != Some(std::process::id()) {
+            return None;
+        }
     }
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.trim().parse().ok()?;
+    (usec > 0).then(|| Duration::from_micros(usec / 2))
 }
 
 /// Pings the watchdog forever at `period`, from the reconcile loop's

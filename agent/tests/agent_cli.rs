@@ -402,3 +402,58 @@ echo "rc=$?"
     );
     assert_eq!(lines[7], "rc=2");
 }
+
+/// systemd's notify protocol: READY=1 with a STATUS= naming the state id
+/// after the first apply, WATCHDOG=1 at half of WATCHDOG_USEC, STOPPING=1.
+#[test]
+fn notifies_systemd() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let model = fixture("cloud.json");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edgenetd"))
+        .args(["run", "--dataplane", "memory", "--node", "nc-1", "--model"])
+        .arg(&model)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "200000")
+        .env_remove("WATCHDOG_PID")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut messages = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline
+        && !(messages.iter().any(|m: &String| m.contains("READY=1"))
+            && messages.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 3)
+    {
+        let n = socket.recv(&mut buf).unwrap();
+        messages.push(String::from_utf8_lossy(&buf[..n]).to_string());
+    }
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    assert!(child.wait().unwrap().success());
+    let n = socket.recv(&mut buf).unwrap();
+    messages.push(String::from_utf8_lossy(&buf[..n]).to_string());
+    let ready = messages
+        .iter()
+        .find(|m| m.contains("READY=1"))
+        .expect("READY=1 sent");
+    assert!(ready.contains("STATUS=applied v1-"), "{messages:?}");
+    assert!(
+        messages.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 3,
+        "{messages:?}"
+    );
+    assert!(
+        messages.last().unwrap().contains("STOPPING=1"),
+        "{messages:?}"
+    );
+}
