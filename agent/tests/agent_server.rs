@@ -393,3 +393,54 @@ duration_seconds = 900
     );
     server.shutdown().await;
 }
+
+/// `AuthFailure` makes the agent refresh its credentials and retry: here
+/// the node's key file is fixed while the agent runs, and the next forced
+/// refresh picks the good key up.
+#[tokio::test]
+async fn an_auth_failure_forces_a_credential_refresh() {
+    let fixture = Fixture::new();
+    let server = fixture.server("127.0.0.1:0", false).await;
+    let key_file = fixture.path("node-credentials");
+    write_private(
+        &key_file,
+        "[default]\naws_access_key_id = AKIDUNKNOWN0000001\naws_secret_access_key = nope\n",
+    );
+    let config = edgenet_agent::config::Config::from_toml(&format!(
+        "node_id = \"nc-1\"\nendpoints = [\"{}\"]\n[credentials]\nsource = \"static\"\nlong_term_file = \"{}\"\n",
+        server.url(),
+        key_file.display()
+    ))
+    .unwrap();
+    let skew = Arc::new(ClockSkew::new());
+    let credentials =
+        edgenet_agent::poller::credentials_from_config(&config, NODE, skew.clone()).unwrap();
+    let dataplane = MemoryDataplane::new();
+    let metrics = Metrics::new();
+    let (reconciler, feedback) = Reconciler::new(
+        ReconcileSettings::new(NODE),
+        Box::new(dataplane.clone()),
+        metrics.clone(),
+    );
+    let (snapshot_tx, snapshot_rx) = watch::channel(None);
+    let mut poller_config = PollerConfig::new(NODE, config.endpoints.clone());
+    poller_config.wait_seconds = 2;
+    poller_config.backoff_max = Duration::from_millis(300);
+    let poller = Poller::new(poller_config, credentials, skew, metrics.clone()).unwrap();
+    let poller = tokio::spawn(poller.run(None, snapshot_tx, feedback));
+    let (stop, stop_rx) = watch::channel(false);
+    let reconcile = tokio::spawn(reconciler.run(snapshot_rx, stop_rx));
+
+    eventually(Duration::from_secs(10), || metrics.polls("auth_error") >= 2).await;
+    assert_eq!(dataplane.kernel().state_id, None);
+    write_private(&key_file, NODE_CREDENTIALS);
+    let id = view_id(&sample_model(), NODE);
+    eventually(Duration::from_secs(10), || {
+        dataplane.kernel().state_id.as_deref() == Some(id.as_str())
+    })
+    .await;
+    stop.send_replace(true);
+    reconcile.await.unwrap().unwrap();
+    poller.abort();
+    server.shutdown().await;
+}
