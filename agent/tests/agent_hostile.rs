@@ -32,6 +32,7 @@ enum Mode {
     Valid { id: String, body: Vec<u8> },
     Status500,
     Unavailable503,
+    NodeNotFound,
     TruncatedJson { id: String, body: Vec<u8> },
     UnusableView { id: String, body: Vec<u8> },
     WrongNode { id: String, body: Vec<u8> },
@@ -83,6 +84,12 @@ impl Hostile {
                 .status(500)
                 .body(full(
                     r#"{"Error":{"Code":"InternalError","Message":"boom"},"RequestId":"x"}"#,
+                ))
+                .unwrap(),
+            Mode::NodeNotFound => Response::builder()
+                .status(404)
+                .body(full(
+                    r#"{"Error":{"Code":"InvalidNodeId.NotFound","Message":"no node nc-1"},"RequestId":"x"}"#,
                 ))
                 .unwrap(),
             Mode::Unavailable503 => Response::builder()
@@ -202,6 +209,8 @@ async fn survives_a_hostile_endpoint_without_changing_applied_state() {
     config.wait_seconds = 1;
     config.skew_allowance = Duration::from_secs(1);
     config.backoff_max = Duration::from_millis(200);
+    // "Slowly" in production (60 s); quick here.
+    config.not_found_retry = Duration::from_millis(300);
     let poller = Poller::new(config, None, Arc::new(ClockSkew::new()), metrics.clone()).unwrap();
     let poller = tokio::spawn(poller.run(None, snapshot_tx, feedback));
     let (stop, stop_rx) = watch::channel(false);
@@ -222,6 +231,7 @@ async fn survives_a_hostile_endpoint_without_changing_applied_state() {
     let cases = [
         ("500s", Mode::Status500),
         ("503 with Retry-After", Mode::Unavailable503),
+        ("InvalidNodeId.NotFound", Mode::NodeNotFound),
         (
             "truncated JSON",
             Mode::TruncatedJson {
@@ -279,6 +289,7 @@ async fn survives_a_hostile_endpoint_without_changing_applied_state() {
     );
     assert!(metrics.polls("bad_answer") >= 6, "{}", metrics.render());
     assert!(metrics.polls("server_error") >= 2);
+    assert!(metrics.polls("node_not_found") >= 2);
     assert!(
         metrics.polls("transport_error") >= 1,
         "the silent server timed out"
