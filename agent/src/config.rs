@@ -342,6 +342,14 @@ listen = "127.0.0.1:9469"
     }
 
     #[test]
+    fn parses_the_packaged_config() {
+        let packaged = include_str!("../../systemd/edgenetd.toml");
+        let config = Config::from_toml(packaged).unwrap();
+        assert_eq!(config.node_id.as_deref(), Some("nc-1"));
+        assert!(!config.dataplane.manage_sysctls);
+    }
+
+    #[test]
     fn defaults_when_empty() {
         let config = Config::from_toml("").unwrap();
         assert_eq!(config.region, "eucalyptus");

@@ -329,7 +329,7 @@ duration_seconds = 900
     )
     .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_edgenetd"))
-        .args(["run", "--dry-run", "--config"])
+        .args(["run", "--dry-run", "--dataplane", "none", "--config"])
         .arg(&config)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
