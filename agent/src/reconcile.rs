@@ -86,6 +86,8 @@ pub struct Reconciler {
     /// Something happened (new target, drift, resync, retry) since the last
     /// successful pass: the next pass must diff.
     dirty: bool,
+    /// What render left out of the target's view at the last pass.
+    render_left_out: Vec<String>,
     /// Changes the kernel could not take at the last apply: retrying them
     /// at a resync is not a drift repair.
     deferred: Vec<crate::diff::Change>,
@@ -111,6 +113,7 @@ impl Reconciler {
             retry_at: None,
             deferred: Vec::new(),
             dirty: false,
+            render_left_out: Vec::new(),
         };
         (reconciler, feedback_rx)
     }
@@ -248,7 +251,7 @@ impl Reconciler {
                 Ok(Some(Applied {
                     state_id: target.state_id.clone(),
                     changes,
-                    left_out: target.left_out.clone(),
+                    left_out: self.left_out(&target),
                 }))
             }
             Err(error) if !error.is_retryable() => Err(ReconcileError::Fatal(error)),
@@ -269,6 +272,9 @@ impl Reconciler {
             None => self.dataplane.read().await?,
         };
         let rendered = render(view, &self.settings.render);
+        // What render could not use (beyond what sanitizing left out) is
+        // reported through ApplyError like the rest.
+        self.render_left_out = rendered.left_out;
         let mut desired = rendered.desired;
         desired.state_id = Some(state_id.to_string());
         let changes = diff(&actual, &desired);
@@ -308,13 +314,21 @@ impl Reconciler {
         if changes > 0 {
             tracing::info!(state_id = %target.state_id, changes, took_ms = took.as_millis() as u64, "applied");
         }
-        let error = (!target.left_out.is_empty())
-            .then(|| format!("left out: {}", target.left_out.join("; ")));
+        let left_out = self.left_out(target);
+        let error = (!left_out.is_empty()).then(|| format!("left out: {}", left_out.join("; ")));
         self.applied_feedback(&target.state_id, error);
         self.notifier.ready(&format!(
             "applied {} ({} changes)",
             target.state_id, changes
         ));
+    }
+
+    /// Everything of the target's view that is not in the kernel: left out
+    /// when the view was sanitized, or by render.
+    fn left_out(&self, target: &Snapshot) -> Vec<String> {
+        let mut all = target.left_out.clone();
+        all.extend(self.render_left_out.iter().cloned());
+        all
     }
 
     fn failed(&mut self, error: &DataplaneError, took: Duration) {

@@ -232,3 +232,30 @@ async fn once_stops_after_the_first_apply() {
     assert_eq!(applied.state_id, first.state_id);
     assert!(applied.changes > 0);
 }
+
+/// A view with one bad instance: the rest is applied under the view's id,
+/// and ApplyError names what was left out (PROTOCOL.md feedback).
+#[tokio::test]
+async fn a_partly_invalid_view_is_applied_without_the_bad_entity() {
+    let agent = start(Duration::from_secs(3600));
+    let model = edgenet_model::parse_model(&serde_json::to_vec(&sample_model()).unwrap()).unwrap();
+    let mut view = edgenet_model::view_for(&model, NODE).unwrap();
+    let bad = view.instances[0].id.clone();
+    view.instances[0].private_ip = "192.0.2.1".into();
+    let snapshot = Arc::new(Snapshot::from_view(NODE, "v1-partly".into(), &view));
+    assert!(snapshot.view.is_some());
+    assert!(!snapshot.left_out.is_empty());
+    agent.snapshots.send_replace(Some(snapshot));
+    agent.wait_applied("v1-partly").await;
+    eventually(|| agent.feedback.borrow().apply_error.is_some()).await;
+    let feedback = agent.feedback.borrow().clone();
+    assert_eq!(feedback.applied_state_id.as_deref(), Some("v1-partly"));
+    let error = feedback.apply_error.unwrap();
+    assert!(
+        error.starts_with("left out: ") && error.contains(&bad),
+        "{error}"
+    );
+    let kernel = agent.dataplane.kernel();
+    assert!(!kernel.routes.is_empty(), "the rest is applied");
+    agent.stop().await;
+}
