@@ -181,17 +181,6 @@ impl Dataplane for LinuxDataplane {
         self.watch(desired, links.clone());
 
         let netlink_changes: Vec<&Change> = changes.netlink_changes().collect();
-        let (sent, deferred) = netlink::apply(&self.handle, &links, &netlink_changes).await?;
-        self.counters
-            .netlink_ops
-            .fetch_add(sent as u64, Ordering::Relaxed);
-        report.netlink_ops = sent;
-        report.applied += netlink_changes.len() - deferred.len();
-        for item in &deferred {
-            tracing::warn!(change = %item.change.line(), reason = %item.reason, "deferred");
-        }
-        report.deferred = deferred;
-
         let nft_changes: Vec<&Change> = changes.nft_changes().collect();
         let table_added = nft_changes
             .iter()
@@ -206,7 +195,25 @@ impl Dataplane for LinuxDataplane {
             &is_map,
             write_state.then_some(state_id),
         );
-        match self.config.nft.apply(&batch).await {
+        // nft runs as a child process: let it work while this thread
+        // drives netlink (neither depends on the other), so a full apply
+        // costs about the longer of the two rather than their sum.
+        let (netlink_result, nft_result) = tokio::join!(
+            netlink::apply(&self.handle, &links, &netlink_changes),
+            self.config.nft.apply(&batch)
+        );
+        let (sent, deferred) = netlink_result?;
+        self.counters
+            .netlink_ops
+            .fetch_add(sent as u64, Ordering::Relaxed);
+        report.netlink_ops = sent;
+        report.applied += netlink_changes.len() - deferred.len();
+        for item in &deferred {
+            tracing::warn!(change = %item.change.line(), reason = %item.reason, "deferred");
+        }
+        report.deferred = deferred;
+
+        match nft_result {
             Ok(commands) => {
                 if commands > 0 {
                     report.nft_transactions = 1;
