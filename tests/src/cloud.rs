@@ -207,7 +207,8 @@ impl Cloud {
     /// routes are protocol `static`: foreign to edgenetd.
     fn route_between_nodes(&self, instances: &[Instance]) -> Result<()> {
         let mut subnet_home: BTreeMap<String, String> = BTreeMap::new();
-        for inst in instances {
+        // IPv6 subnets stay node-local here: the underlay is IPv4 only.
+        for inst in instances.iter().filter(|i| !is_ipv6(&i.private_ip)) {
             let net = subnet_of(&inst.cidr)?;
             subnet_home.entry(net).or_insert_with(|| inst.node.clone());
         }
@@ -235,8 +236,14 @@ impl Cloud {
         ns.ip(&["link", "set", "eth0", "down"])?;
         links::mac(&ns, "eth0", &spec.mac)?;
         ns.ip(&["link", "set", "eth0", "up"])?;
-        links::address(&ns, "eth0", &spec.cidr)?;
-        ns.ip(&["route", "add", "default", "via", &spec.gateway])?;
+        if is_ipv6(&spec.private_ip) {
+            // No duplicate address detection: responders bind at once.
+            ns.ip(&["addr", "add", &spec.cidr, "dev", "eth0", "nodad"])?;
+            ns.ip(&["-6", "route", "add", "default", "via", &spec.gateway])?;
+        } else {
+            links::address(&ns, "eth0", &spec.cidr)?;
+            ns.ip(&["route", "add", "default", "via", &spec.gateway])?;
+        }
         self.instances
             .insert(spec.id.clone(), InstanceNs { ns, spec });
         Ok(())
@@ -666,6 +673,10 @@ fn node_ip(node: &str) -> Result<&'static str> {
 }
 
 /// `10.1.0.0/16` from `10.1.0.11/16` (IPv4, as the fixture is).
+fn is_ipv6(ip: &str) -> bool {
+    ip.contains(':')
+}
+
 fn subnet_of(cidr: &str) -> Result<String> {
     let (ip, len) = cidr.split_once('/').context("cidr")?;
     let ip: std::net::Ipv4Addr = ip.parse()?;
