@@ -519,3 +519,33 @@ fn sigterm_stops_the_agent_and_leaves_the_kernel_as_it_is() {
     cloud.assert_flows(&STEADY);
     assert!(internet_reaches_web1(&cloud));
 }
+
+#[test]
+fn a_node_with_another_nodes_key_gets_nothing() {
+    let mut cloud = Cloud::start_with(CloudOptions {
+        start_agents: false,
+        ..Default::default()
+    })
+    .unwrap();
+    // nc-2 is given nc-1's long-term key (a copied or stolen file).
+    let stolen = cloud.dir().join("nc-1.credentials");
+    std::fs::copy(&stolen, cloud.dir().join("nc-2.credentials")).unwrap();
+    cloud.start_agent("nc-1").unwrap();
+    cloud.start_agent("nc-2").unwrap();
+    cloud.wait_node_converged("nc-1", CONVERGE).unwrap();
+    sleep(Duration::from_secs(3));
+    // The key is bound to nc-1: AssumeRole as nc-2 is refused, nothing is
+    // applied on nc-2, and the agent keeps running (fail static).
+    cloud.agent("nc-2").unwrap().ensure_running().unwrap();
+    let nc2 = cloud.snapshot("nc-2").unwrap();
+    assert!(
+        nc2.nft_inet.is_empty() && nc2.routes.is_empty(),
+        "nc-2 applied a view it may not read"
+    );
+    let log = cloud.agent_log("nc-2");
+    assert!(
+        log.contains("AccessDenied"),
+        "nc-2's log does not show the refusal:\n{log}"
+    );
+    cloud.assert_flows(&[allow("i-lb1", "i-web1", 80), deny("i-lb1", "i-db1", 5432)]);
+}
