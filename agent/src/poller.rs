@@ -129,6 +129,8 @@ pub enum PollError {
     Signing(String),
     #[error("no credentials: {0}")]
     Credentials(String),
+    #[error("{0}")]
+    Config(String),
 }
 
 impl PollError {
@@ -148,6 +150,7 @@ impl PollError {
             PollError::Server { .. } => "server_error",
             PollError::TooLarge { .. } | PollError::BadAnswer { .. } => "bad_answer",
             PollError::Signing(_) | PollError::Credentials(_) => "credentials_error",
+            PollError::Config(_) => "config_error",
         }
     }
 }
@@ -207,7 +210,7 @@ impl Poller {
         metrics: Arc<Metrics>,
     ) -> Result<Self, PollError> {
         if config.endpoints.is_empty() {
-            return Err(PollError::Credentials("no endpoints configured".into()));
+            return Err(PollError::Config("no endpoints configured".into()));
         }
         if credentials.is_none() {
             tracing::warn!("no [credentials] configured: polling unsigned (only servers started with --insecure-no-auth accept that)");
@@ -500,16 +503,16 @@ fn build_client(config: &PollerConfig) -> Result<reqwest::Client, PollError> {
         .user_agent(concat!("edgenetd/", env!("CARGO_PKG_VERSION")));
     if let Some(path) = &config.ca_file {
         let pem = std::fs::read(path)
-            .map_err(|e| PollError::Credentials(format!("tls ca_file {}: {e}", path.display())))?;
+            .map_err(|e| PollError::Config(format!("tls ca_file {}: {e}", path.display())))?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| PollError::Credentials(format!("tls ca_file {}: {e}", path.display())))?;
+            .map_err(|e| PollError::Config(format!("tls ca_file {}: {e}", path.display())))?;
         for cert in certs {
             builder = builder.add_root_certificate(cert);
         }
     }
     builder
         .build()
-        .map_err(|e| PollError::Credentials(format!("HTTP client: {e}")))
+        .map_err(|e| PollError::Config(format!("HTTP client: {e}")))
 }
 
 fn header(response: &reqwest::Response, name: reqwest::header::HeaderName) -> Option<String> {

@@ -86,6 +86,10 @@ impl Fixture {
     /// A server on `listen` (`127.0.0.1:0` for any port), authenticated
     /// with the node key, or open with `insecure`.
     async fn server(&self, listen: &str, insecure: bool) -> Server {
+        self.server_with(listen, insecure, &[]).await
+    }
+
+    async fn server_with(&self, listen: &str, insecure: bool, extra: &[String]) -> Server {
         let model = self.model_path.display().to_string();
         let mut args = vec![
             "edgenet-server".to_string(),
@@ -106,6 +110,7 @@ impl Fixture {
                 self.path("token.key").display().to_string(),
             ]);
         }
+        args.extend(extra.iter().cloned());
         let cli = edgenet_server::Cli::try_parse_from(&args).unwrap();
         edgenet_server::start(&cli).await.unwrap()
     }
@@ -442,5 +447,72 @@ async fn an_auth_failure_forces_a_credential_refresh() {
     stop.send_replace(true);
     reconcile.await.unwrap().unwrap();
     poller.abort();
+    server.shutdown().await;
+}
+
+/// HTTPS with `[tls] ca_file` as the extra trust root: the poll goes
+/// through; without it the self-signed server is refused (and nothing is
+/// applied).
+#[tokio::test]
+async fn polls_over_https_trusting_the_configured_ca_file() {
+    let fixture = Fixture::new();
+    let (cert, key) = (fixture.path("cert.pem"), fixture.path("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .args(["-addext", "extendedKeyUsage=serverAuth"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if !made.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: openssl not available");
+        return;
+    }
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let tls_args = [
+        "--tls-cert".to_string(),
+        cert.display().to_string(),
+        "--tls-key".to_string(),
+        key.display().to_string(),
+    ];
+    let server = fixture.server_with("127.0.0.1:0", true, &tls_args).await;
+    assert!(server.url().starts_with("https://"));
+
+    let url = server.url();
+    let run = |ca_file: Option<PathBuf>| {
+        let metrics = Metrics::new();
+        let mut config = PollerConfig::new(NODE, vec![url.clone()]);
+        config.wait_seconds = 0;
+        config.ca_file = ca_file;
+        let poller = Poller::new(config, None, Arc::new(ClockSkew::new()), metrics).unwrap();
+        let url = url.clone();
+        async move { poller.poll_once(&url, None, &Default::default()).await }
+    };
+    let trusted = run(Some(cert.clone())).await;
+    assert!(
+        matches!(trusted, Ok(edgenet_agent::poller::PollAnswer::View(_))),
+        "{trusted:?}"
+    );
+    let untrusted = run(None).await;
+    assert!(
+        matches!(
+            untrusted,
+            Err(edgenet_agent::poller::PollError::Transport { .. })
+        ),
+        "{untrusted:?}"
+    );
     server.shutdown().await;
 }
