@@ -132,6 +132,9 @@ pub async fn run_dry(
                 if once {
                     return Ok(printed);
                 }
+                if printed == 1 {
+                    tracing::info!("dry run: waiting for the next snapshot; each one prints its diff (Ctrl-C stops)");
+                }
             }
             Err(DryRunError::Unusable { state_id, problems }) => {
                 tracing::error!(%state_id, %problems, "view unusable; nothing planned");
