@@ -34,6 +34,7 @@ struct Event {
     node: usize,
     status: u16,
     at: Instant,
+    bytes: usize,
 }
 
 /// Spawns one client per node; each loops poll → record → poll again.
@@ -73,12 +74,12 @@ async fn collect(
     want: usize,
     t0: Instant,
     limit: Duration,
-) -> Vec<(usize, Duration)> {
+) -> Vec<(usize, Duration, usize)> {
     let mut got = Vec::with_capacity(want);
     let deadline = tokio::time::Instant::now() + limit;
     while got.len() < want {
         match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some(e)) if e.status == 200 && e.at >= t0 => got.push((e.node, e.at - t0)),
+            Ok(Some(e)) if e.status == 200 && e.at >= t0 => got.push((e.node, e.at - t0, e.bytes)),
             Ok(Some(_)) => {}
             Ok(None) | Err(_) => break,
         }
@@ -231,6 +232,7 @@ pub async fn run_edgenet(common: Common, model_path: PathBuf) -> anyhow::Result<
                         node,
                         status: a.status,
                         at: a.at,
+                        bytes: a.body.len(),
                     })
                     .is_err()
                 {
@@ -241,8 +243,9 @@ pub async fn run_edgenet(common: Common, model_path: PathBuf) -> anyhow::Result<
     });
     let setup = Instant::now();
     let first = collect(&mut rx, common.nodes, setup, Duration::from_secs(120)).await;
-    eprintln!(
-        "{} initial views in {:.1} s",
+    let mean_bytes = first.iter().map(|(_, _, b)| b).sum::<usize>() / first.len().max(1);
+    println!(
+        "{} initial views in {:.1} s, mean answer body {mean_bytes} B",
         first.len(),
         setup.elapsed().as_secs_f64()
     );
@@ -258,7 +261,7 @@ pub async fn run_edgenet(common: Common, model_path: PathBuf) -> anyhow::Result<
         let mut got: Vec<Duration> = collect(&mut rx, common.nodes, t0, Duration::from_secs(20))
             .await
             .into_iter()
-            .map(|(_, d)| d)
+            .map(|(_, d, _)| d)
             .collect();
         got.sort();
         runs.push(got);
@@ -371,6 +374,7 @@ pub async fn run_nchan(
                         node,
                         status: a.status,
                         at: a.at,
+                        bytes: a.body.len(),
                     })
                     .is_err()
                 {
@@ -401,7 +405,7 @@ pub async fn run_nchan(
         let mut got: Vec<Duration> = collect(&mut rx, common.nodes, t0, Duration::from_secs(20))
             .await
             .into_iter()
-            .map(|(_, d)| d)
+            .map(|(_, d, _)| d)
             .collect();
         got.sort();
         runs.push(got);

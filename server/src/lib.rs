@@ -24,7 +24,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
@@ -101,12 +101,10 @@ pub async fn start(cli: &Cli) -> Result<Server, StartError> {
         (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
         _ => None,
     };
-    let listener = TcpListener::bind(cli.listen)
-        .await
-        .map_err(|e| StartError::Bind {
-            addr: cli.listen,
-            reason: e.to_string(),
-        })?;
+    let listener = bind(cli.listen).map_err(|e| StartError::Bind {
+        addr: cli.listen,
+        reason: e.to_string(),
+    })?;
     let local_addr = listener.local_addr().map_err(|e| StartError::Bind {
         addr: cli.listen,
         reason: e.to_string(),
@@ -149,6 +147,21 @@ pub async fn start(cli: &Cli) -> Result<Server, StartError> {
         serving,
         state,
     })
+}
+
+/// Thousands of agents reconnect at once after a restart or failover: a deep
+/// accept backlog keeps their SYNs from being dropped (and retried seconds later).
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 fn build_auth(cli: &Cli) -> Result<Auth, StartError> {
