@@ -146,41 +146,63 @@ async fn run(args: RunArgs) -> Result<u8> {
             .await
             .map_err(|e| anyhow!("cannot serve metrics on {addr}: {e}"))?;
     }
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let (reload_tx, reload_rx) = watch::channel(0u64);
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let (reload_tx, reload) = watch::channel(0u64);
     tokio::spawn(handle_signals(shutdown_tx, reload_tx));
-    let (snapshot_tx, snapshot_rx) = watch::channel(None);
-
+    let wiring = Wiring {
+        sources: SourceSupervisor::new(args.source.clone(), config.clone(), node.clone(), metrics),
+        shutdown,
+        reload,
+    };
     if args.dry_run {
-        let baseline = kernel_or_empty(args.source.dataplane, &config).await;
-        // Dry runs apply nothing, so they report nothing applied.
-        let (_feedback_tx, feedback_rx) = watch::channel(Feedback::default());
-        let sources =
-            SourceSupervisor::new(args.source.clone(), config.clone(), node.clone(), metrics);
-        let source_task = tokio::spawn(sources.run(None, snapshot_tx, feedback_rx, reload_rx));
-        let mut stdout = std::io::stdout();
-        let result = dryrun::run_dry(
-            baseline,
-            snapshot_rx,
-            shutdown_rx,
-            render_settings(&config),
-            args.output,
-            args.once,
-            &mut stdout,
-        )
-        .await;
-        source_task.abort();
-        result?;
-        return Ok(0);
+        run_dry(&args, &config, wiring).await
+    } else {
+        run_daemon(&args, &config, &node, wiring).await
     }
+}
 
-    let dataplane = open_dataplane(args.source.dataplane, &config, true)?
+/// What `run` sets up for both of its modes.
+struct Wiring {
+    sources: SourceSupervisor,
+    shutdown: watch::Receiver<bool>,
+    reload: watch::Receiver<u64>,
+}
+
+async fn run_dry(args: &RunArgs, config: &Config, wiring: Wiring) -> Result<u8> {
+    let baseline = kernel_or_empty(args.source.dataplane, config).await;
+    // Dry runs apply nothing, so they report nothing applied.
+    let (_feedback_tx, feedback_rx) = watch::channel(Feedback::default());
+    let (snapshot_tx, snapshot_rx) = watch::channel(None);
+    let source_task = tokio::spawn(wiring.sources.run(
+        None,
+        snapshot_tx,
+        feedback_rx,
+        wiring.reload,
+    ));
+    let result = dryrun::run_dry(
+        baseline,
+        snapshot_rx,
+        wiring.shutdown,
+        render_settings(config),
+        args.output,
+        args.once,
+        &mut std::io::stdout(),
+    )
+    .await;
+    source_task.abort();
+    result?;
+    Ok(0)
+}
+
+async fn run_daemon(args: &RunArgs, config: &Config, node: &str, wiring: Wiring) -> Result<u8> {
+    let dataplane = open_dataplane(args.source.dataplane, config, true)?
         .ok_or_else(|| anyhow!("--dataplane none can only plan: use --dry-run"))?;
-    let mut settings = ReconcileSettings::new(&node);
-    settings.render = render_settings(&config);
+    let mut settings = ReconcileSettings::new(node);
+    settings.render = render_settings(config);
     settings.resync = config.resync_period();
     settings.once = args.once;
-    let (mut reconciler, feedback_rx) = Reconciler::new(settings, dataplane, metrics.clone());
+    let metrics = wiring.sources.metrics.clone();
+    let (mut reconciler, feedback_rx) = Reconciler::new(settings, dataplane, metrics);
     // The first poll still asks for the view (StateId empty): the view is
     // needed to check the kernel against it (drift while we were down) and
     // for later resyncs. The diff of an unchanged kernel is empty, so a
@@ -188,12 +210,17 @@ async fn run(args: RunArgs) -> Result<u8> {
     if let Some(held) = reconciler.read_applied_state_id().await.map_err(fatal)? {
         tracing::info!(state_id = %held, "kernel holds a state applied earlier");
     }
-    let sources = SourceSupervisor::new(args.source.clone(), config, node, metrics);
-    let source_task = tokio::spawn(sources.run(None, snapshot_tx, feedback_rx, reload_rx));
+    let (snapshot_tx, snapshot_rx) = watch::channel(None);
+    let source_task = tokio::spawn(wiring.sources.run(
+        None,
+        snapshot_tx,
+        feedback_rx,
+        wiring.reload,
+    ));
     if let Some(period) = edgenet_agent::notify::watchdog_period() {
         tokio::spawn(edgenet_agent::notify::watchdog(period));
     }
-    let result = reconciler.run(snapshot_rx, shutdown_rx).await;
+    let result = reconciler.run(snapshot_rx, wiring.shutdown).await;
     source_task.abort();
     edgenet_agent::notify::SystemdNotifier::new().stopping();
     result.map_err(fatal)?;
