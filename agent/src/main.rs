@@ -505,7 +505,11 @@ async fn status(args: StatusArgs) -> Result<u8> {
         (Some(applied), Some(node)) if has_source(&args.source, &config) => {
             drift_against(&args.source, &config, node, applied, &kernel).await?
         }
-        _ => Vec::new(),
+        (Some(_), _) => {
+            eprintln!("note: drift not computed: it needs the node id and the view (--model FILE or an endpoint)");
+            Vec::new()
+        }
+        (None, _) => Vec::new(),
     };
     let report = StatusReport {
         node: config.node_id.clone(),
