@@ -113,15 +113,11 @@ impl NftRunner {
     }
 
     /// Run one transaction. `Ok(0)` when there was nothing to write.
-    pub async fn apply(&self, batch: &[Json]) -> Result<usize, DataplaneError> {
+    pub async fn apply(&self, batch: &[NftCommand]) -> Result<usize, DataplaneError> {
         if batch.is_empty() {
             return Ok(0);
         }
-        let document = json!({ "nftables": batch });
-        let text = serde_json::to_vec(&document).map_err(|e| DataplaneError::NftParse {
-            context: "the transaction we built".into(),
-            detail: e.to_string(),
-        })?;
+        let text = transaction_document(batch);
         let output = self
             .run(&["-j", "-f", "-"], Some(&text), "applying a transaction")
             .await?;
@@ -331,8 +327,27 @@ fn nf_family(family: Family) -> NfFamily {
     }
 }
 
-fn cmd(command: NfCmd<'_>) -> Json {
-    serde_json::to_value(NfObject::CmdObject(command)).expect("nftables schema serialises")
+/// One command of a transaction, already serialised: 76,000 rules kept as
+/// `serde_json::Value` trees would cost hundreds of MiB; as text, tens.
+pub type NftCommand = String;
+
+fn cmd(command: NfCmd<'_>) -> NftCommand {
+    serde_json::to_string(&NfObject::CmdObject(command)).expect("nftables schema serialises")
+}
+
+/// `{"nftables":[cmd,cmd,...]}` from serialised commands.
+pub fn transaction_document(batch: &[NftCommand]) -> Vec<u8> {
+    let length = batch.iter().map(|c| c.len() + 1).sum::<usize>() + 16;
+    let mut text = Vec::with_capacity(length);
+    text.extend_from_slice(b"{\"nftables\":[");
+    for (index, command) in batch.iter().enumerate() {
+        if index > 0 {
+            text.push(b',');
+        }
+        text.extend_from_slice(command.as_bytes());
+    }
+    text.extend_from_slice(b"]}");
+    text
 }
 
 fn table_object(id: &TableId) -> NfListObject<'static> {
@@ -372,7 +387,11 @@ fn chain_object(id: &TableId, name: &str, base: Option<&BaseChain>) -> schema::C
     chain
 }
 
-fn rule_object(id: &TableId, chain: &str, rule: &NftRule) -> Json {
+fn rule_object(id: &TableId, chain: &str, rule: &NftRule) -> NftCommand {
+    rule_with_comment(id, chain, rule, rule.comment())
+}
+
+fn rule_with_comment(id: &TableId, chain: &str, rule: &NftRule, comment: String) -> NftCommand {
     let statements: Vec<Statement<'static>> = rule.statements.iter().map(statement).collect();
     cmd(NfCmd::Add(NfListObject::Rule(schema::Rule {
         family: nf_family(id.family),
@@ -381,7 +400,7 @@ fn rule_object(id: &TableId, chain: &str, rule: &NftRule) -> Json {
         expr: Cow::Owned(statements),
         handle: None,
         index: None,
-        comment: Some(Cow::Owned(rule.comment())),
+        comment: Some(Cow::Owned(comment)),
     })))
 }
 
@@ -515,7 +534,7 @@ fn set_type(name: &str) -> schema::SetType {
 }
 
 /// `add set` / `add map` (elements follow separately).
-fn add_set_command(id: &TableId, name: &str, set: &NftSet) -> Json {
+fn add_set_command(id: &TableId, name: &str, set: &NftSet) -> NftCommand {
     let flags = set
         .interval
         .then(|| HashSet::from([schema::SetFlag::Interval]));
@@ -540,13 +559,15 @@ fn add_set_command(id: &TableId, name: &str, set: &NftSet) -> Json {
         SetValue::Verdict => json!({"add": {"map": {
             "family": id.family.as_str(), "table": id.name, "name": name,
             "type": set.key_type, "map": "verdict",
-        }}}),
+        }}})
+        .to_string(),
     }
 }
 
-fn delete_set_command(id: &TableId, name: &str, was_map: bool) -> Json {
+fn delete_set_command(id: &TableId, name: &str, was_map: bool) -> NftCommand {
     let kind = if was_map { "map" } else { "set" };
     json!({"delete": {kind: {"family": id.family.as_str(), "table": id.name, "name": name}}})
+        .to_string()
 }
 
 fn element_json(key: &str, value: Option<&str>, interval: bool) -> Json {
@@ -585,13 +606,14 @@ impl ElementBatch {
             .push(element);
     }
 
-    fn commands(self, verb: &str) -> Vec<Json> {
+    fn commands(self, verb: &str) -> Vec<NftCommand> {
         self.by_set
             .into_iter()
             .map(|((id, set), elems)| {
                 json!({verb: {"element": {
                     "family": id.family.as_str(), "table": id.name, "name": set, "elem": elems,
                 }}})
+                .to_string()
             })
             .collect()
     }
@@ -606,7 +628,7 @@ pub fn build_transaction(
     desired: &KernelState,
     actual_sets: &dyn Fn(&TableId, &str) -> Option<bool>,
     state: Option<&str>,
-) -> Vec<Json> {
+) -> Vec<NftCommand> {
     let mut containers = Vec::new();
     let mut contents = Vec::new();
     let mut element_deletes = ElementBatch::default();
@@ -721,15 +743,19 @@ pub fn build_transaction(
 
 /// Record the state id: chain `state` in `inet edgenet` holds one rule
 /// whose comment is the id. Never jumped to, so it filters nothing.
-fn state_commands(state_id: &str) -> Vec<Json> {
+fn state_commands(state_id: &str) -> Vec<NftCommand> {
     let id = TableId::ours(Family::Inet);
     let rule = NftRule {
         hash: RuleHash([0; 10]),
         statements: vec![Stmt::Return],
         handle: None,
     };
-    let mut add_rule = rule_object(&id, STATE_CHAIN, &rule);
-    add_rule["add"]["rule"]["comment"] = json!(format!("{STATE_COMMENT_PREFIX}{state_id}"));
+    let add_rule = rule_with_comment(
+        &id,
+        STATE_CHAIN,
+        &rule,
+        format!("{STATE_COMMENT_PREFIX}{state_id}"),
+    );
     vec![
         cmd(NfCmd::Add(table_object(&id))),
         cmd(NfCmd::Add(NfListObject::Chain(chain_object(
