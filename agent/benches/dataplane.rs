@@ -301,7 +301,11 @@ fn bench_size(n: usize) {
         per_exec.as_secs_f64() * full.objects as f64,
         full.objects
     );
-    let (add, remove) = incremental(n);
+    let (add, remove, resync) = incremental(n);
+    println!(
+        "full read of the applied state (what a resync costs): {:.0} ms",
+        ms(resync)
+    );
     println!(
         "incremental: add one instance {:.1} ms ({:.2} % of full), remove one {:.1} ms ({:.2} % of full)",
         ms(add),
@@ -439,7 +443,7 @@ fn per_object_exec(n: usize) -> Duration {
 /// Add one instance to the applied state, then remove it, each as the
 /// agent does it: render, diff against the actual state kept current by
 /// our own writes, apply.
-fn incremental(n: usize) -> (Duration, Duration) {
+fn incremental(n: usize) -> (Duration, Duration, Duration) {
     let ns = NetNs::fresh("incr");
     ns.run(move || {
         runtime().block_on(async move {
@@ -454,6 +458,10 @@ fn incremental(n: usize) -> (Duration, Duration) {
             let changes = diff(&actual, &base);
             dp.apply(&changes, &base, "v1-base").await.unwrap();
             changes.apply_to(&mut actual, &[]);
+            let start = Instant::now();
+            let read_back = dp.read().await.unwrap();
+            let resync = start.elapsed();
+            assert!(diff(&read_back, &base).is_empty());
 
             let mut bigger = base_view.clone();
             let groups = bigger.security_groups.len();
@@ -478,7 +486,7 @@ fn incremental(n: usize) -> (Duration, Duration) {
             let desired = base;
             let back = dp.read().await.unwrap();
             assert!(diff(&back, &desired).is_empty());
-            (add, remove)
+            (add, remove, resync)
         })
     })
 }

@@ -171,33 +171,28 @@ fn parse_error(id: &TableId, detail: impl Into<String>) -> DataplaneError {
 /// their comment; a rule without our comment (someone else's) gets a hash
 /// that matches nothing, so its chain is rewritten.
 fn parse_table(stdout: &[u8], id: &TableId) -> Result<(NftTable, Option<String>), DataplaneError> {
-    let document: Json =
+    let listing: Listing =
         serde_json::from_slice(stdout).map_err(|e| parse_error(id, e.to_string()))?;
-    let items = document["nftables"]
-        .as_array()
-        .ok_or_else(|| parse_error(id, "no \"nftables\" array"))?;
     let mut table = NftTable::default();
     let mut state_id = None;
-    for item in items {
-        if let Some(chain) = item.get("chain") {
-            let name = str_field(chain, "name", id)?;
+    for item in listing.nftables {
+        if let Some(chain) = item.chain {
+            let name = str_field(&chain, "name", id)?;
             if name != STATE_CHAIN {
                 table.chains.insert(
                     name.to_string(),
                     NftChain {
-                        base: parse_base_chain(chain),
+                        base: parse_base_chain(&chain),
                         rules: Vec::new(),
                     },
                 );
             }
-        } else if let Some(set) = item.get("set").or_else(|| item.get("map")) {
-            let name = str_field(set, "name", id)?;
-            table.sets.insert(name.to_string(), parse_set(set, id)?);
-        } else if let Some(rule) = item.get("rule") {
-            let chain = str_field(rule, "chain", id)?;
-            let handle = rule["handle"].as_u64();
-            let comment = rule["comment"].as_str().unwrap_or("");
-            if chain == STATE_CHAIN {
+        } else if let Some(set) = item.set.or(item.map) {
+            let name = str_field(&set, "name", id)?;
+            table.sets.insert(name.to_string(), parse_set(&set, id)?);
+        } else if let Some(rule) = item.rule {
+            let comment = rule.comment.as_deref().unwrap_or("");
+            if rule.chain == STATE_CHAIN {
                 if let Some(state) = comment.strip_prefix(STATE_COMMENT_PREFIX) {
                     state_id = Some(state.to_string());
                 }
@@ -206,17 +201,40 @@ fn parse_table(stdout: &[u8], id: &TableId) -> Result<(NftTable, Option<String>)
             let hash = comment
                 .strip_prefix(RULE_COMMENT_PREFIX)
                 .and_then(RuleHash::from_hex)
-                .unwrap_or_else(|| RuleHash::foreign(handle.unwrap_or(0)));
-            if let Some(chain) = table.chains.get_mut(chain) {
+                .unwrap_or_else(|| RuleHash::foreign(rule.handle.unwrap_or(0)));
+            if let Some(chain) = table.chains.get_mut(&rule.chain) {
                 chain.rules.push(NftRule {
                     hash,
                     statements: Vec::new(),
-                    handle,
+                    handle: rule.handle,
                 });
             }
         }
     }
     Ok((table, state_id))
+}
+
+/// The parts of `nft -j list table` we read. Rules are most of the
+/// listing, and we need only their chain, handle and comment: their
+/// expressions are skipped unparsed rather than built as JSON trees.
+#[derive(serde::Deserialize)]
+struct Listing {
+    nftables: Vec<ListItem>,
+}
+
+#[derive(serde::Deserialize)]
+struct ListItem {
+    chain: Option<Json>,
+    set: Option<Json>,
+    map: Option<Json>,
+    rule: Option<RuleListing>,
+}
+
+#[derive(serde::Deserialize)]
+struct RuleListing {
+    chain: String,
+    handle: Option<u64>,
+    comment: Option<String>,
 }
 
 fn str_field<'j>(object: &'j Json, field: &str, id: &TableId) -> Result<&'j str, DataplaneError> {
