@@ -27,7 +27,10 @@ fn main() -> Result<()> {
 }
 
 fn commands() -> [clap::Command; 2] {
-    [edgenet_agent::cli::Cli::command(), edgenet_server::cli::Cli::command()]
+    [
+        edgenet_agent::cli::Cli::command(),
+        edgenet_server::cli::Cli::command(),
+    ]
 }
 
 /// One page for the binary and one per subcommand (`edgenetd-run.8`), as
@@ -44,7 +47,9 @@ fn write_man_pages(command: &clap::Command, dir: &Path) -> Result<()> {
 
 fn write_man_page(command: clap::Command, page: &str, dir: &Path) -> Result<()> {
     let mut out = Vec::new();
-    clap_mangen::Man::new(command).section("8").render(&mut out)?;
+    clap_mangen::Man::new(command)
+        .section("8")
+        .render(&mut out)?;
     let path = dir.join(format!("{page}.8"));
     fs::write(&path, out).with_context(|| format!("writing {}", path.display()))
 }
