@@ -212,6 +212,7 @@ pub async fn run_edgenet(common: Common, model_path: PathBuf) -> anyhow::Result<
     let mut model: serde_json::Value = serde_json::from_slice(&std::fs::read(&model_path)?)?;
     let rss_before = rss_kib_tree(common.server_pid);
     let addr = common.addr.clone();
+    let setup = Instant::now();
     let mut rx = spawn_clients(&common, move |node, mut conn, tx| {
         let addr = addr.clone();
         async move {
@@ -241,7 +242,6 @@ pub async fn run_edgenet(common: Common, model_path: PathBuf) -> anyhow::Result<
             }
         }
     });
-    let setup = Instant::now();
     let first = collect(&mut rx, common.nodes, setup, Duration::from_secs(120)).await;
     let mean_bytes = first.iter().map(|(_, _, b)| b).sum::<usize>() / first.len().max(1);
     println!(

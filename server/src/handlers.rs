@@ -133,8 +133,18 @@ async fn route(
     if params.first_action() == Some("AssumeRole") {
         return assume_role(state, &signed, request_id);
     }
-    match ec2_action(state, &signed, &params).await {
-        Ok(answer) => wire(answer, accepts_gzip(&parts.headers)),
+    let gzip = accepts_gzip(&parts.headers);
+    let step = ec2_action(state, &signed, &params);
+    // A poll may stay parked for a minute: free the request's headers and
+    // parameters first, so a parked poll holds little more than its socket.
+    drop((params, body, parts));
+    let answer = match step {
+        Ok(Step::Done(answer)) => Ok(answer),
+        Ok(Step::Poll(job)) => run_poll(state, job).await,
+        Err(e) => Err(e),
+    };
+    match answer {
+        Ok(answer) => wire(answer, gzip),
         Err(e) => {
             tracing::debug!(error = %e, "request refused");
             (error_response(&e, request_id), AnswerKind::Error)
@@ -167,17 +177,30 @@ fn assume_role(
     (xml(status, body), kind)
 }
 
+/// What an EC2 action does after its checks: answer now, or poll the hub.
+enum Step {
+    Done(Answer),
+    Poll(PollJob),
+}
+
+/// A checked `DescribeNetworkModel`, owning all it needs to wait.
+struct PollJob {
+    node_id: String,
+    state_id: Option<String>,
+    wait: Duration,
+}
+
 /// The EC2 Query actions: authentication, then authorization, then parameters.
-async fn ec2_action(
+fn ec2_action(
     state: &AppState,
     signed: &SignedRequest<'_>,
     params: &Params,
-) -> Result<Answer, ApiError> {
+) -> Result<Step, ApiError> {
     let principal = authenticate(state, signed)?;
     let action = params.required("Action")?;
     match action {
-        "DescribeNetworkModel" => describe_network_model(state, &principal, params).await,
-        "DescribeNodeStatus" => describe_status(state, &principal, params),
+        "DescribeNetworkModel" => describe_network_model(state, &principal, params).map(Step::Poll),
+        "DescribeNodeStatus" => describe_status(state, &principal, params).map(Step::Done),
         other => Err(ApiError::InvalidAction(format!(
             "the action {other} is not valid for this web service"
         ))),
@@ -200,11 +223,11 @@ fn authenticate(state: &AppState, signed: &SignedRequest<'_>) -> Result<Principa
     }
 }
 
-async fn describe_network_model(
+fn describe_network_model(
     state: &AppState,
     principal: &Principal,
     params: &Params,
-) -> Result<Answer, ApiError> {
+) -> Result<PollJob, ApiError> {
     let node = params::node_id(params)?;
     if !principal.may_describe(node) {
         return Err(ApiError::UnauthorizedOperation(format!(
@@ -217,12 +240,22 @@ async fn describe_network_model(
         return Err(ApiError::NodeNotFound(node.to_owned()));
     }
     state.feedback.record(node, &p.feedback, SystemTime::now());
+    Ok(PollJob {
+        node_id: p.node_id,
+        state_id: p.state_id,
+        wait: p.wait,
+    })
+}
+
+/// Waits in the hub for the node's view to differ from the client's.
+async fn run_poll(state: &AppState, job: PollJob) -> Result<Answer, ApiError> {
+    let node = job.node_id;
     let answer = state
         .hub
-        .poll(node, p.state_id.as_deref(), p.wait)
+        .poll(&node, job.state_id.as_deref(), job.wait)
         .await
         .map_err(|e| match e {
-            PollError::NodeNotFound => ApiError::NodeNotFound(node.to_owned()),
+            PollError::NodeNotFound => ApiError::NodeNotFound(node.clone()),
             PollError::TooManyParked => ApiError::RequestLimitExceeded {
                 retry_after_secs: RETRY_AFTER_SECS,
             },
@@ -232,7 +265,7 @@ async fn describe_network_model(
             state_id,
             view_json,
         } => Answer::View {
-            node_id: node.to_owned(),
+            node_id: node,
             state_id: state_id.as_str().to_owned(),
             view_json,
         },
