@@ -25,6 +25,9 @@ use crate::status::ModelStatus;
 /// How long an unclosed in-place write may stay silent before the file is
 /// read anyway (a writer that keeps the file open, e.g. an editor).
 const OPEN_WRITE_PATIENCE: Duration = Duration::from_millis(1000);
+/// After the file became whole, how long to wait for more events (a burst of
+/// writes closed one after the other) before reading it.
+const SETTLED_QUIET: Duration = Duration::from_millis(2);
 /// A slow safety net in case an inotify event is lost (e.g. the watch had to
 /// be re-established): the file's size and mtime are compared this often.
 const RECHECK_INTERVAL: Duration = Duration::from_secs(5);
@@ -141,9 +144,12 @@ impl ModelSource {
         Ok(watcher)
     }
 
-    /// Waits until the events about the file have been quiet for `debounce`
-    /// and no writer holds it open (or has been silent for
-    /// [`OPEN_WRITE_PATIENCE`]). Returns whether a write was still open.
+    /// Waits until the file is complete and the events about it are quiet:
+    /// [`SETTLED_QUIET`] after a close-after-write or a rename into place
+    /// (the content is whole: read it at once), `debounce` after other
+    /// events, and while a writer holds it open, until it closes it or has
+    /// been silent for [`OPEN_WRITE_PATIENCE`]. Returns whether a write was
+    /// still open.
     async fn settle(
         &self,
         first: Event,
@@ -151,18 +157,21 @@ impl ModelSource {
         debounce: Duration,
     ) -> bool {
         let mut open_write = opens_write(&first.kind);
+        let mut complete = completes(&first.kind);
         loop {
             let quiet = if open_write {
                 OPEN_WRITE_PATIENCE
+            } else if complete {
+                SETTLED_QUIET.min(debounce)
             } else {
                 debounce
             };
             match tokio::time::timeout(quiet, events.recv()).await {
                 Ok(Some(event)) => {
-                    if closes_write(&event.kind) || renamed_in(&event.kind) {
-                        open_write = false;
+                    if completes(&event.kind) {
+                        (open_write, complete) = (false, true);
                     } else if opens_write(&event.kind) {
-                        open_write = true;
+                        (open_write, complete) = (true, false);
                     }
                 }
                 Ok(None) | Err(_) => return open_write,
@@ -237,15 +246,13 @@ fn opens_write(kind: &EventKind) -> bool {
     )
 }
 
-fn closes_write(kind: &EventKind) -> bool {
+/// A close after writing, or a rename into place: the file is whole now.
+fn completes(kind: &EventKind) -> bool {
     matches!(
         kind,
         EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Modify(ModifyKind::Name(_))
     )
-}
-
-fn renamed_in(kind: &EventKind) -> bool {
-    matches!(kind, EventKind::Modify(ModifyKind::Name(_)))
 }
 
 fn fingerprint(bytes: &[u8]) -> u64 {
