@@ -97,6 +97,29 @@ pub fn render(view: &NodeView, settings: &RenderSettings) -> Rendered {
     }
 }
 
+/// Make `instances` fail closed in `state`: their private IPs map to
+/// `drop` unless an instance of the state already claims them.
+///
+/// For instances removed from the view before `render` (by
+/// `edgenet_model::sanitize_view`): gone from the view, they would
+/// otherwise get no entry at all, and traffic to them would pass
+/// unfiltered.
+pub fn fail_closed_for(state: &mut KernelState, instances: &[Instance]) {
+    let Some(table) = state.tables.get_mut(&TableId::ours(Family::Inet)) else {
+        return;
+    };
+    for instance in instances {
+        let Ok(ip) = instance.private_ip.parse::<IpAddr>() else {
+            continue;
+        };
+        if let Some(map) = table.sets.get_mut(&instances_map_name(IpFamily::of(&ip))) {
+            map.elements
+                .entry(ip.to_string())
+                .or_insert_with(|| Some(DROP_VALUE.to_string()));
+        }
+    }
+}
+
 struct Renderer<'a> {
     view: &'a NodeView,
     settings: &'a RenderSettings,
@@ -1124,6 +1147,28 @@ mod tests {
         assert!(table.chains.contains_key("in_i-0a1b2c3d"));
         assert_eq!(table.chains["sg_sg-web"].rules.len(), 6);
         assert!(rendered.desired.routes.is_empty());
+    }
+
+    #[test]
+    fn instances_removed_before_render_fail_closed() {
+        let view = example_view();
+        let mut sanitized = view.clone();
+        let removed = vec![sanitized.instances.pop().unwrap()];
+        let mut state = render(&sanitized, &RenderSettings::default()).desired;
+        let mut other = removed[0].clone();
+        other.private_ip = "not an ip".into();
+        fail_closed_for(&mut state, &[removed[0].clone(), other]);
+        assert_eq!(
+            inet(&state).sets["instances"].elements["10.1.0.33"].as_deref(),
+            Some(DROP_VALUE)
+        );
+        // An instance still in the view keeps its jump.
+        let mut full = render(&view, &RenderSettings::default()).desired;
+        fail_closed_for(&mut full, &removed);
+        assert_eq!(
+            inet(&full).sets["instances"].elements["10.1.0.33"].as_deref(),
+            Some("jump in_i-0a1b2c3d")
+        );
     }
 
     #[test]

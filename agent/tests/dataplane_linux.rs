@@ -488,3 +488,30 @@ fn security_groups_and_anti_spoofing_hold_for_bridged_traffic() {
         "spoofed source dropped at the port"
     );
 }
+
+#[test]
+fn missing_privileges_give_one_clear_error() {
+    let ns = NetNs::node("noperm");
+    ns.run(|| async {
+        // nft run as nobody, without capabilities: what a non-root agent meets.
+        let config = LinuxConfig {
+            nft: edgenet_agent::dataplane::linux::NftRunner {
+                program: "setpriv".into(),
+                prefix_args: ["--reuid=65534", "--regid=65534", "--clear-groups", "nft"]
+                    .map(String::from)
+                    .to_vec(),
+            },
+            ..config()
+        };
+        let mut dp = LinuxDataplane::new(config).unwrap();
+        let error = dp.read().await.expect_err("nobody may not list tables");
+        assert!(
+            matches!(error, DataplaneError::PermissionDenied { .. }),
+            "{error:?}"
+        );
+        assert!(!error.is_retryable());
+        let text = error.to_string();
+        assert!(text.starts_with("missing privileges:"), "{text}");
+        assert!(!text.contains('\n'), "one line: {text}");
+    });
+}
