@@ -481,6 +481,12 @@ pub enum Stmt {
         equal: bool,
         value: Value,
     },
+    /// `<f1> . <f2> [!=] @set`: membership of a concatenation.
+    ConcatMatch {
+        fields: Vec<Field>,
+        equal: bool,
+        set: String,
+    },
     Accept,
     Drop,
     Return,
@@ -534,6 +540,16 @@ impl fmt::Display for Stmt {
             } => {
                 let op = if *equal { "" } else { "!= " };
                 write!(f, "{field} {op}{value}")
+            }
+            Stmt::ConcatMatch { fields, equal, set } => {
+                for (index, field) in fields.iter().enumerate() {
+                    if index > 0 {
+                        f.write_str(" . ")?;
+                    }
+                    write!(f, "{field}")?;
+                }
+                let op = if *equal { "" } else { "!= " };
+                write!(f, " {op}@{set}")
             }
             Stmt::Accept => f.write_str("accept"),
             Stmt::Drop => f.write_str("drop"),

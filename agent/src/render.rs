@@ -16,8 +16,10 @@
 //! NAT goes through maps rather than one rule per public IP so that adding an
 //! instance is two element writes, whatever the number of instances.
 //!
-//! `table bridge edgenet`: map `ports` (interface → `jump port_<id>`) from
-//! base chain `prerouting`, and per port the anti-spoofing chain `port_<id>`.
+//! `table bridge edgenet`: base chain `prerouting` checks frames from the
+//! instance ports in set `spoof_ports` against sets `port_macs`
+//! (`iifname . ether saddr`, ARP sender MAC too), `port_ips4` / `port_ips6`
+//! (`iifname . ip saddr`, ARP sender IP too); DHCP from 0.0.0.0 excepted.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -55,7 +57,11 @@ pub const NAT_PREROUTING_CHAIN: &str = "nat_prerouting";
 pub const NAT_OUTPUT_CHAIN: &str = "nat_output";
 pub const NAT_POSTROUTING_CHAIN: &str = "nat_postrouting";
 pub const BRIDGE_PREROUTING_CHAIN: &str = "prerouting";
-pub const PORTS_MAP: &str = "ports";
+/// Bridge sets: the instance ports checked, and per port its MAC and IP.
+pub const SPOOF_PORTS_SET: &str = "spoof_ports";
+pub const PORT_MACS_SET: &str = "port_macs";
+pub const PORT_IPS4_SET: &str = "port_ips4";
+pub const PORT_IPS6_SET: &str = "port_ips6";
 
 pub fn group_set_name(group: &str, family: IpFamily) -> String {
     match family {
@@ -68,9 +74,6 @@ pub fn sg_chain_name(group: &str) -> String {
 }
 pub fn instance_chain_name(instance: &str) -> String {
     format!("in_{instance}")
-}
-pub fn port_chain_name(instance: &str) -> String {
-    format!("port_{instance}")
 }
 fn per_family(base: &str, family: IpFamily) -> String {
     match family {
@@ -346,21 +349,83 @@ impl<'a> Renderer<'a> {
         );
     }
 
+    /// Anti-spoofing for every instance port in one chain over sets keyed
+    /// by interface (`iifname . ether saddr` and so on): a chain per port
+    /// would mean 10,000 chains and 50,000 rules for nft to list and to
+    /// fetch into its cache before each transaction.
     fn add_bridge_skeleton(&mut self) {
-        self.bridge.sets.insert(
-            PORTS_MAP.to_string(),
-            NftSet::map("ifname", SetValue::Verdict),
-        );
+        self.bridge
+            .sets
+            .insert(SPOOF_PORTS_SET.to_string(), NftSet::plain("ifname", false));
+        for (name, key_type) in [
+            (PORT_MACS_SET, "ifname . ether_addr"),
+            (PORT_IPS4_SET, "ifname . ipv4_addr"),
+            (PORT_IPS6_SET, "ifname . ipv6_addr"),
+        ] {
+            self.bridge
+                .sets
+                .insert(name.to_string(), NftSet::plain(key_type, false));
+        }
         let base = BaseChain {
             chain_type: ChainType::Filter,
             hook: Hook::Prerouting,
             priority: -200,
             policy_accept: true,
         };
-        let rules = vec![vec![Stmt::VerdictMap {
-            field: Field::Meta("iifname"),
-            map: PORTS_MAP.to_string(),
-        }]];
+        let iifname = Field::Meta("iifname");
+        let ours = || Stmt::matches(iifname, Value::SetRef(SPOOF_PORTS_SET.to_string()));
+        let not_in = |field: Field, set: &str| Stmt::ConcatMatch {
+            fields: vec![iifname, field],
+            equal: false,
+            set: set.to_string(),
+        };
+        let rules = vec![
+            vec![
+                ours(),
+                not_in(Field::Payload("ether", "saddr"), PORT_MACS_SET),
+                Stmt::Drop,
+            ],
+            vec![
+                ours(),
+                not_in(Field::Payload("arp", "saddr ether"), PORT_MACS_SET),
+                Stmt::Drop,
+            ],
+            vec![
+                ours(),
+                not_in(Field::Payload("arp", "saddr ip"), PORT_IPS4_SET),
+                Stmt::Drop,
+            ],
+            // DHCP discovery comes from 0.0.0.0.
+            vec![
+                ours(),
+                Stmt::matches(
+                    Field::Payload("ip", "saddr"),
+                    Value::Addr(Ipv4Addr::UNSPECIFIED.into()),
+                ),
+                Stmt::matches(Field::Payload("udp", "dport"), Value::Number(67)),
+                Stmt::Accept,
+            ],
+            vec![
+                ours(),
+                not_in(Field::Payload("ip", "saddr"), PORT_IPS4_SET),
+                Stmt::Drop,
+            ],
+            // Link-local and unspecified sources are needed for neighbour
+            // discovery and DAD.
+            vec![
+                ours(),
+                not_in(Field::Payload("ip6", "saddr"), PORT_IPS6_SET),
+                Stmt::differs(
+                    Field::Payload("ip6", "saddr"),
+                    Value::Prefix("fe80::/10".parse().expect("constant")),
+                ),
+                Stmt::differs(
+                    Field::Payload("ip6", "saddr"),
+                    Value::Addr("::".parse().expect("constant")),
+                ),
+                Stmt::Drop,
+            ],
+        ];
         insert_chain(&mut self.bridge, BRIDGE_PREROUTING_CHAIN, Some(base), rules);
     }
 
@@ -567,60 +632,22 @@ impl<'a> Renderer<'a> {
         }
     }
 
-    /// Anti-spoofing on the instance's port: its MAC, its IP (DHCP from
-    /// 0.0.0.0 excepted), and ARP that claims only its own MAC and IP.
+    /// Anti-spoofing on the instance's port: its interface joins the
+    /// checked ports, with its MAC and its IP as the only allowed sources.
     fn render_port(&mut self, p: &ParsedInstance<'_>) {
-        let chain = port_chain_name(&p.instance.id);
-        let mac = Value::Mac(p.mac.clone());
-        let mut rules = vec![vec![
-            Stmt::differs(Field::Payload("ether", "saddr"), mac.clone()),
-            Stmt::Drop,
-        ]];
-        match p.private_ip {
-            IpAddr::V4(ip) => {
-                rules.push(vec![
-                    Stmt::differs(Field::Payload("arp", "saddr ether"), mac),
-                    Stmt::Drop,
-                ]);
-                rules.push(vec![
-                    Stmt::differs(Field::Payload("arp", "saddr ip"), Value::Addr(ip.into())),
-                    Stmt::Drop,
-                ]);
-                rules.push(vec![
-                    Stmt::matches(
-                        Field::Payload("ip", "saddr"),
-                        Value::Addr(Ipv4Addr::UNSPECIFIED.into()),
-                    ),
-                    Stmt::matches(Field::Payload("udp", "dport"), Value::Number(67)),
-                    Stmt::Return,
-                ]);
-                rules.push(vec![
-                    Stmt::differs(Field::Payload("ip", "saddr"), Value::Addr(ip.into())),
-                    Stmt::Drop,
-                ]);
+        let interface = &p.instance.interface;
+        let ips = match p.private_ip {
+            IpAddr::V4(_) => PORT_IPS4_SET,
+            IpAddr::V6(_) => PORT_IPS6_SET,
+        };
+        for (set, key) in [
+            (SPOOF_PORTS_SET, interface.clone()),
+            (PORT_MACS_SET, format!("{interface} . {}", p.mac)),
+            (ips, format!("{interface} . {}", p.private_ip)),
+        ] {
+            if let Some(set) = self.bridge.sets.get_mut(set) {
+                set.elements.insert(key, None);
             }
-            IpAddr::V6(ip) => {
-                // Link-local and unspecified sources are needed for
-                // neighbour discovery and DAD.
-                rules.push(vec![
-                    Stmt::differs(Field::Payload("ip6", "saddr"), Value::Addr(ip.into())),
-                    Stmt::differs(
-                        Field::Payload("ip6", "saddr"),
-                        Value::Prefix("fe80::/10".parse().expect("constant")),
-                    ),
-                    Stmt::differs(
-                        Field::Payload("ip6", "saddr"),
-                        Value::Addr("::".parse().expect("constant")),
-                    ),
-                    Stmt::Drop,
-                ]);
-            }
-        }
-        insert_chain(&mut self.bridge, &chain, None, rules);
-        if let Some(ports) = self.bridge.sets.get_mut(PORTS_MAP) {
-            ports
-                .elements
-                .insert(p.instance.interface.clone(), Some(jump_value(&chain)));
         }
     }
 
@@ -1075,19 +1102,30 @@ mod tests {
         );
         let bridge = state.table(Family::Bridge).unwrap();
         assert_eq!(
-            rule_texts(&bridge.chains["port_i-0a1b2c3d"]),
+            rule_texts(&bridge.chains[BRIDGE_PREROUTING_CHAIN]),
             [
-                "ether saddr != d0:0d:0a:1b:2c:3d drop",
-                "arp saddr ether != d0:0d:0a:1b:2c:3d drop",
-                "arp saddr ip != 10.1.0.33 drop",
-                "ip saddr 0.0.0.0 udp dport 67 return",
-                "ip saddr != 10.1.0.33 drop",
+                "meta iifname @spoof_ports meta iifname . ether saddr != @port_macs drop",
+                "meta iifname @spoof_ports meta iifname . arp saddr ether != @port_macs drop",
+                "meta iifname @spoof_ports meta iifname . arp saddr ip != @port_ips4 drop",
+                "meta iifname @spoof_ports ip saddr 0.0.0.0 udp dport 67 accept",
+                "meta iifname @spoof_ports meta iifname . ip saddr != @port_ips4 drop",
+                "meta iifname @spoof_ports meta iifname . ip6 saddr != @port_ips6 \
+                 ip6 saddr != fe80::/10 ip6 saddr != :: drop",
             ]
         );
+        let members = |set: &str| -> Vec<&str> {
+            bridge.sets[set]
+                .elements
+                .keys()
+                .map(String::as_str)
+                .collect()
+        };
+        assert_eq!(members(SPOOF_PORTS_SET), ["vn_i-0a1b2c3d"]);
         assert_eq!(
-            bridge.sets[PORTS_MAP].elements["vn_i-0a1b2c3d"].as_deref(),
-            Some("jump port_i-0a1b2c3d")
+            members(PORT_MACS_SET),
+            ["vn_i-0a1b2c3d . d0:0d:0a:1b:2c:3d"]
         );
+        assert_eq!(members(PORT_IPS4_SET), ["vn_i-0a1b2c3d . 10.1.0.33"]);
     }
 
     #[test]

@@ -200,10 +200,13 @@ fn apply_then_read_back_then_nothing_more_to_do() {
         assert!(ruleset.contains(needle), "no {needle:?} in\n{ruleset}");
     }
     let bridge = ns.sh("nft list table bridge edgenet");
-    assert!(
-        bridge.contains("ether saddr != d0:0d:0a:1b:2c:3d drop"),
-        "{bridge}"
-    );
+    for needle in [
+        "\"vn_i-0a1b2c3d\" . d0:0d:0a:1b:2c:3d",
+        "\"vn_i-0a1b2c3d\" . 10.1.0.33",
+        "iifname @spoof_ports iifname . ether saddr != @port_macs drop",
+    ] {
+        assert!(bridge.contains(needle), "no {needle:?} in\n{bridge}");
+    }
     assert_eq!(
         ns.sh("sysctl -n net.ipv4.ip_forward net.bridge.bridge-nf-call-iptables"),
         "1\n1\n"
@@ -513,5 +516,29 @@ fn missing_privileges_give_one_clear_error() {
         let text = error.to_string();
         assert!(text.starts_with("missing privileges:"), "{text}");
         assert!(!text.contains('\n'), "one line: {text}");
+    });
+}
+
+#[test]
+fn upgrade_from_per_port_chains_applies_in_one_transaction() {
+    // The layout of earlier versions: a verdict map of ports jumping to a
+    // chain per port, referenced from the base chain.
+    let ns = NetNs::node("upgrade");
+    ns.sh("nft -f - <<'EOF'
+table bridge edgenet {
+  map ports { type ifname : verdict; elements = { \"vn_i-0a1b2c3d\" : jump port_i-0a1b2c3d }; }
+  chain port_i-0a1b2c3d { ether saddr != d0:0d:0a:1b:2c:3d drop; }
+  chain prerouting { type filter hook prerouting priority -200; policy accept; iifname vmap @ports; }
+}
+EOF");
+    ns.run(|| async {
+        let mut dp = LinuxDataplane::new(config()).unwrap();
+        let want = desired();
+        converge(&mut dp, &want, "v1-up").await;
+        let back = dp.read().await.unwrap();
+        assert!(diff(&back, &want).is_empty());
+        let bridge = back.table(Family::Bridge).unwrap();
+        assert!(!bridge.sets.contains_key("ports"));
+        assert!(!bridge.chains.contains_key("port_i-0a1b2c3d"));
     });
 }

@@ -265,7 +265,13 @@ fn parse_base_chain(chain: &Json) -> Option<BaseChain> {
 }
 
 fn parse_set(set: &Json, id: &TableId) -> Result<NftSet, DataplaneError> {
-    let key_type = static_type(set["type"].as_str().unwrap_or(""));
+    let key_type = match &set["type"] {
+        Json::Array(parts) => {
+            let parts: Vec<&str> = parts.iter().filter_map(Json::as_str).collect();
+            static_type(&parts.join(" . "))
+        }
+        other => static_type(other.as_str().unwrap_or("")),
+    };
     let value = match set["map"].as_str() {
         None => SetValue::None,
         Some("verdict") => SetValue::Verdict,
@@ -300,12 +306,19 @@ fn static_type(name: &str) -> &'static str {
         "ipv4_addr" => "ipv4_addr",
         "ipv6_addr" => "ipv6_addr",
         "ifname" => "ifname",
+        "ifname . ether_addr" => "ifname . ether_addr",
+        "ifname . ipv4_addr" => "ifname . ipv4_addr",
+        "ifname . ipv6_addr" => "ifname . ipv6_addr",
         _ => "unknown",
     }
 }
 
 fn element_key(key: &Json, interval: bool) -> Option<String> {
     let key = key.get("elem").map(|e| &e["val"]).unwrap_or(key);
+    if let Some(Json::Array(parts)) = key.get("concat") {
+        let parts: Option<Vec<&str>> = parts.iter().map(Json::as_str).collect();
+        return Some(parts?.join(" . "));
+    }
     if let Some(prefix) = key.get("prefix") {
         return Some(format!(
             "{}/{}",
@@ -484,6 +497,17 @@ fn statement(stmt: &Stmt) -> Statement<'static> {
                 (false, _) => stmt::Operator::NEQ,
             },
         }),
+        Stmt::ConcatMatch { fields, equal, set } => Statement::Match(stmt::Match {
+            left: Expression::Named(NamedExpression::Concat(
+                fields.iter().map(field_expr).collect(),
+            )),
+            right: Expression::String(Cow::Owned(format!("@{set}"))),
+            op: if *equal {
+                stmt::Operator::EQ
+            } else {
+                stmt::Operator::NEQ
+            },
+        }),
         Stmt::Accept => Statement::Accept(None),
         Stmt::Drop => Statement::Drop(None),
         Stmt::Return => Statement::Return(None),
@@ -556,6 +580,14 @@ fn add_set_command(id: &TableId, name: &str, set: &NftSet) -> NftCommand {
     let flags = set
         .interval
         .then(|| HashSet::from([schema::SetFlag::Interval]));
+    if set.key_type.contains(" . ") {
+        // Concatenated type: written as nft's JSON array of types.
+        let types: Vec<&str> = set.key_type.split(" . ").collect();
+        return json!({"add": {"set": {
+            "family": id.family.as_str(), "table": id.name, "name": name, "type": types,
+        }}})
+        .to_string();
+    }
     match set.value {
         SetValue::None => cmd(NfCmd::Add(NfListObject::Set(Box::new(schema::Set {
             family: nf_family(id.family),
@@ -589,11 +621,10 @@ fn delete_set_command(id: &TableId, name: &str, was_map: bool) -> NftCommand {
 }
 
 fn element_json(key: &str, value: Option<&str>, interval: bool) -> Json {
-    let key_json = match (interval, key.parse::<IpNet>()) {
-        (true, Ok(net)) => {
-            json!({"prefix": {"addr": net.addr().to_string(), "len": net.prefix_len()}})
-        }
-        _ => json!(key),
+    let key_json = if key.contains(" . ") {
+        json!({"concat": key.split(" . ").collect::<Vec<_>>()})
+    } else {
+        plain_key_json(key, interval)
     };
     match value {
         None => key_json,
@@ -607,6 +638,15 @@ fn element_json(key: &str, value: Option<&str>, interval: bool) -> Json {
             };
             json!([key_json, value_json])
         }
+    }
+}
+
+fn plain_key_json(key: &str, interval: bool) -> Json {
+    match (interval, key.parse::<IpNet>()) {
+        (true, Ok(net)) => {
+            json!({"prefix": {"addr": net.addr().to_string(), "len": net.prefix_len()}})
+        }
+        _ => json!(key),
     }
 }
 
@@ -841,11 +881,15 @@ pub fn ruleset_text(state: &KernelState) -> String {
     text
 }
 
+/// Interface names are quoted in nft text; in a concatenation only the
+/// ifname part is.
 fn quote_ifname(set: &NftSet, key: &str) -> String {
-    if set.key_type == "ifname" {
-        format!("\"{key}\"")
-    } else {
-        key.to_string()
+    if !set.key_type.starts_with("ifname") {
+        return key.to_string();
+    }
+    match key.split_once(" . ") {
+        Some((ifname, rest)) => format!("\"{ifname}\" . {rest}"),
+        None => format!("\"{key}\""),
     }
 }
 
@@ -867,6 +911,14 @@ mod tests {
         assert_eq!(
             element_json("10.1.0.34", Some("drop"), false),
             json!(["10.1.0.34", {"drop": null}])
+        );
+        assert_eq!(
+            element_json("vn_x . d0:0d:00:00:00:01", None, false),
+            json!({"concat": ["vn_x", "d0:0d:00:00:00:01"]})
+        );
+        assert_eq!(
+            element_key(&json!({"concat": ["vn_x", "10.1.0.33"]}), false).as_deref(),
+            Some("vn_x . 10.1.0.33")
         );
     }
 
