@@ -451,3 +451,52 @@ async fn oversized_and_odd_requests_are_refused_without_harm() {
     assert_eq!(t.get(&admin_key(), &describe("nc-1")).await.status, 200);
     t.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_slow_clients_cannot_hurt_the_server() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t = TestServer::start(&["--header-read-timeout-seconds", "1"]).await;
+    let addr = t.server().local_addr();
+    // Not HTTP at all.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"\x00\x01GARBAGE \xff\r\n\r\n").await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out)).await;
+    assert!(
+        out.is_empty() || out.starts_with(b"HTTP/1.1 400"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    // A client that sends half a request head and then nothing is cut off.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET /?Action=DescribeNetworkModel HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "a slow client held its socket");
+    assert!(started.elapsed() < Duration::from_secs(4));
+    // A parked poll whose client hangs up frees its slot.
+    let id = t.current_id("nc-1").await;
+    let quitter = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let mut req = edgenet_auth::query_get_request(&t.url, &poll_params("nc-1", &id, "30")).unwrap();
+    sign_request(&mut req, &nc1_key(), REGION, "ec2", SystemTime::now()).unwrap();
+    assert!(quitter
+        .execute(reqwest::Request::try_from(req).unwrap())
+        .await
+        .is_err());
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while t.server().parked_polls() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot of a gone client was kept"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(t.get(&admin_key(), &describe("nc-1")).await.status, 200);
+    t.shutdown().await;
+}
