@@ -45,6 +45,11 @@ enum Cmd {
         /// The model file the server watches; rewritten to trigger changes.
         #[arg(long)]
         model: PathBuf,
+        /// Read every node's id first (one connection, one by one) and start
+        /// the polls with it, so they park at once and no burst of first
+        /// answers inflates the server's RSS high-water mark.
+        #[arg(long)]
+        held_ids: bool,
     },
     /// Drive nginx with nchan (see bench/README.md for its config).
     Nchan {
@@ -90,7 +95,11 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Cmd::Edgenet { common, model } => rt.block_on(peer::run_edgenet(common, model)),
+        Cmd::Edgenet {
+            common,
+            model,
+            held_ids,
+        } => rt.block_on(peer::run_edgenet(common, model, held_ids)),
         Cmd::Nchan {
             common,
             payload_bytes,

@@ -208,16 +208,47 @@ fn write_model(path: &PathBuf, model: &serde_json::Value) -> anyhow::Result<()> 
     Ok(())
 }
 
-pub async fn run_edgenet(common: Common, model_path: PathBuf) -> anyhow::Result<()> {
+/// Every node's current id, read one by one over a single connection, so
+/// the parked polls can start with the id they hold (as agents that already
+/// applied their view do) and no burst of 10,000 first answers is in flight.
+async fn current_ids(addr: &str, nodes: usize) -> anyhow::Result<Vec<String>> {
+    let mut conn = Conn::connect(addr).await?;
+    let mut ids = Vec::with_capacity(nodes);
+    for node in 0..nodes {
+        let head = format!(
+            "GET /?Action=DescribeNetworkModel&NodeId=nc-{}&WaitSeconds=0 HTTP/1.1\r\nHost: {addr}\r\n\r\n",
+            node + 1
+        );
+        let a = conn.request(&head, &[]).await?;
+        ids.push(state_id_of(&a.body).context("answer without StateId")?);
+    }
+    Ok(ids)
+}
+
+pub async fn run_edgenet(
+    common: Common,
+    model_path: PathBuf,
+    held_ids: bool,
+) -> anyhow::Result<()> {
     let mut model: serde_json::Value = serde_json::from_slice(&std::fs::read(&model_path)?)?;
     let rss_before = rss_kib_tree(common.server_pid);
     let addr = common.addr.clone();
+    let ids = if held_ids {
+        let ids = current_ids(&addr, common.nodes).await?;
+        println!(
+            "read {} current ids one by one first: the polls start parked",
+            ids.len()
+        );
+        Arc::new(ids)
+    } else {
+        Arc::new(vec![String::new(); common.nodes])
+    };
     let setup = Instant::now();
     let mut rx = spawn_clients(&common, move |node, mut conn, tx| {
-        let addr = addr.clone();
+        let (addr, ids) = (addr.clone(), ids.clone());
         async move {
             let id = format!("nc-{}", node + 1);
-            let mut held = String::new();
+            let mut held = ids[node].clone();
             loop {
                 let head = format!(
                     "GET /?Action=DescribeNetworkModel&NodeId={id}&StateId={held}&WaitSeconds=60 HTTP/1.1\r\nHost: {addr}\r\n\r\n"
@@ -242,7 +273,11 @@ pub async fn run_edgenet(common: Common, model_path: PathBuf) -> anyhow::Result<
             }
         }
     });
-    let first = collect(&mut rx, common.nodes, setup, Duration::from_secs(120)).await;
+    let first = if held_ids {
+        Vec::new()
+    } else {
+        collect(&mut rx, common.nodes, setup, Duration::from_secs(120)).await
+    };
     let mean_bytes = first.iter().map(|(_, _, b)| b).sum::<usize>() / first.len().max(1);
     println!(
         "{} initial views in {:.1} s, mean answer body {mean_bytes} B",

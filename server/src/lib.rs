@@ -228,7 +228,17 @@ async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((tcp, _peer)) => {
                     let _ = tcp.set_nodelay(true);
-                    tokio::spawn(conn.clone().serve_one(tcp, graceful.watcher()));
+                    // Separate tasks for plain and TLS connections: one task
+                    // type for both would give every plain connection the
+                    // size of the TLS state (~5 KB instead of ~1 KB).
+                    match conn.tls.clone() {
+                        None => {
+                            tokio::spawn(conn.clone().serve_io(tcp, graceful.watcher()));
+                        }
+                        Some(acceptor) => {
+                            tokio::spawn(conn.clone().serve_tls(tcp, acceptor, graceful.watcher()));
+                        }
+                    }
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off, keep serving.
@@ -255,16 +265,11 @@ async fn serve(
 }
 
 impl Connections {
-    async fn serve_one(self, tcp: TcpStream, watcher: Watcher) {
-        match self.tls.clone() {
-            None => self.serve_io(tcp, watcher).await,
-            Some(acceptor) => {
-                match tokio::time::timeout(self.handshake_timeout, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => self.serve_io(tls, watcher).await,
-                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!("TLS handshake timed out"),
-                }
-            }
+    async fn serve_tls(self, tcp: TcpStream, acceptor: TlsAcceptor, watcher: Watcher) {
+        match tokio::time::timeout(self.handshake_timeout, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => self.serve_io(tls, watcher).await,
+            Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+            Err(_) => tracing::debug!("TLS handshake timed out"),
         }
     }
 

@@ -6,12 +6,6 @@ use anyhow::Context;
 use clap::Parser;
 use edgenet_server::Cli;
 
-/// mimalloc keeps each size class on its own pages, so the short-lived view
-/// buffers of a fan-out do not fragment the pages that hold the long-lived
-/// per-connection buffers: less resident memory per parked poll.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
