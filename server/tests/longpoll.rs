@@ -131,7 +131,7 @@ async fn the_wait_expires_with_304_after_wait_seconds_plus_at_most_a_sixteenth()
         let w: f64 = wait.parse::<f64>().unwrap().min(2.0); // clamped to --max-wait-seconds
         let secs = took.as_secs_f64();
         assert!(
-            secs >= w && secs <= w * 17.0 / 16.0 + 0.25,
+            secs >= w && secs <= w * 17.0 / 16.0 + 0.4, // slack for a loaded CI machine
             "WaitSeconds={wait}: {secs}"
         );
         if wait == "1" {
@@ -337,7 +337,7 @@ async fn shutdown_answers_parked_polls_304_at_once() {
         assert_eq!(r.status, 304);
     }
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < Duration::from_secs(3),
         "{:?}",
         started.elapsed()
     );
