@@ -21,7 +21,7 @@
 //! (`iifname . ether saddr`, ARP sender MAC too), `port_ips4` / `port_ips6`
 //! (`iifname . ip saddr`, ARP sender IP too); DHCP from 0.0.0.0 excepted.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 use edgenet_model::{Instance, IpProtocol, NodeView, Rule, SecurityGroup};
@@ -474,11 +474,14 @@ impl<'a> Renderer<'a> {
     /// Parse each instance; report and skip (fail closed) what is invalid.
     fn parse_instances(&mut self) -> Vec<ParsedInstance<'a>> {
         let mut parsed = Vec::new();
-        let mut seen_ids = BTreeSet::new();
-        let mut seen_private = BTreeSet::new();
-        let mut seen_public = BTreeSet::new();
-        let mut seen_interfaces = BTreeSet::new();
-        let mut seen_macs = BTreeSet::new();
+        // Hash sets: ten thousand string comparisons in a tree cost more
+        // than the rest of the instance checks.
+        let count = self.view.instances.len();
+        let mut seen_ids = HashSet::with_capacity(count);
+        let mut seen_private = HashSet::with_capacity(count);
+        let mut seen_public = HashSet::with_capacity(count);
+        let mut seen_interfaces = HashSet::with_capacity(count);
+        let mut seen_macs = HashSet::with_capacity(count);
         for instance in &self.view.instances {
             match self.parse_instance(instance) {
                 Ok(p) => {
@@ -513,7 +516,7 @@ impl<'a> Renderer<'a> {
 
     /// An instance we could not render still gets its private IP mapped to
     /// `drop`, so nothing reaches it until its entity is fixed.
-    fn fail_closed(&mut self, instance: &Instance, taken: &BTreeSet<IpAddr>) {
+    fn fail_closed(&mut self, instance: &Instance, taken: &HashSet<IpAddr>) {
         let Ok(ip) = instance.private_ip.parse::<IpAddr>() else {
             return;
         };
