@@ -18,12 +18,10 @@ use tokio::sync::watch;
 use crate::metrics::Metrics;
 use crate::source::{Snapshot, SnapshotSender};
 
-pub const API_VERSION: &str = "2026-11-01";
+pub use edgenet_model::protocol::{truncate_utf8, API_VERSION, MAX_APPLY_ERROR_BYTES};
 /// The largest answer read: far above any real view (10,000 instances is a
 /// few MiB), small enough that a hostile endpoint cannot exhaust memory.
 pub const DEFAULT_MAX_BODY: usize = 64 << 20;
-/// PROTOCOL.md caps `ApplyError` at 1024 bytes.
-pub const MAX_APPLY_ERROR: usize = 1024;
 
 /// What the reconcile loop tells the server through the next poll.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -390,7 +388,7 @@ impl Poller {
         let error = feedback
             .apply_error
             .as_deref()
-            .map(|e| truncate_utf8(e, MAX_APPLY_ERROR));
+            .map(|e| truncate_utf8(e, MAX_APPLY_ERROR_BYTES));
         if let Some(error) = error {
             params.push(("ApplyError", error));
         }
@@ -591,19 +589,6 @@ fn server_error(
     }
 }
 
-/// The longest prefix of `text` of at most `max` bytes that ends on a
-/// character boundary.
-pub fn truncate_utf8(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -628,15 +613,6 @@ mod tests {
         assert_eq!(backoff.next_cap, Duration::from_secs(30));
         backoff.reset();
         assert_eq!(backoff.next_cap, Duration::from_millis(500));
-    }
-
-    #[test]
-    fn apply_errors_are_cut_on_a_character_boundary() {
-        let text = "é".repeat(600);
-        let cut = truncate_utf8(&text, MAX_APPLY_ERROR);
-        assert_eq!(cut.len(), 1024);
-        assert_eq!(truncate_utf8("abc", 2), "ab");
-        assert_eq!(truncate_utf8("aé", 2), "a");
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod canonical;
 pub mod error;
 pub mod index;
 pub mod parse;
+pub mod protocol;
 pub mod synthetic;
 pub mod validate;
 pub mod view;

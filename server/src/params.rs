@@ -8,12 +8,8 @@ use std::time::Duration;
 
 use crate::errors::ApiError;
 
-/// The only API version of the contract.
-pub const API_VERSION: &str = "2026-11-01";
-/// Longest `ApplyError` kept; longer text is cut on a UTF-8 boundary.
-pub const MAX_APPLY_ERROR_BYTES: usize = 1024;
-/// `WaitSeconds` when the client gives none.
-pub const DEFAULT_WAIT_SECONDS: u64 = 30;
+use edgenet_model::protocol::truncate_utf8;
+pub use edgenet_model::protocol::{API_VERSION, DEFAULT_WAIT_SECONDS, MAX_APPLY_ERROR_BYTES};
 
 /// The decoded parameters of one request, in arrival order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -126,7 +122,7 @@ pub fn describe_params(
         apply_error: params
             .get("ApplyError")?
             .filter(|e| !e.is_empty())
-            .map(|e| truncate_on_char_boundary(e, MAX_APPLY_ERROR_BYTES).to_owned()),
+            .map(|e| truncate_utf8(e, MAX_APPLY_ERROR_BYTES).to_owned()),
     };
     Ok(DescribeParams {
         node_id: node_id.to_owned(),
@@ -145,19 +141,6 @@ fn parse_wait_seconds(text: &str) -> Result<u64, ApiError> {
         )));
     }
     Ok(text.parse().unwrap_or(u64::MAX))
-}
-
-/// The longest prefix of `text` of at most `max` bytes that ends on a char
-/// boundary.
-pub fn truncate_on_char_boundary(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 #[cfg(test)]
@@ -224,16 +207,5 @@ mod tests {
         assert!(Params::parse("Version=2016-11-15", None)
             .check_version()
             .is_err());
-    }
-
-    #[test]
-    fn apply_error_truncated_on_char_boundary() {
-        let long = "é".repeat(600); // 1200 bytes
-        let cut = truncate_on_char_boundary(&long, MAX_APPLY_ERROR_BYTES);
-        assert_eq!(cut.len(), 1024);
-        let odd = format!("a{long}");
-        let cut = truncate_on_char_boundary(&odd, MAX_APPLY_ERROR_BYTES);
-        assert_eq!(cut.len(), 1023);
-        assert!(odd.starts_with(cut));
     }
 }
