@@ -15,7 +15,7 @@ use crate::dataplane::Dataplane;
 use crate::desired::KernelState;
 use crate::diff::{diff, ChangeSet};
 use crate::notify::SystemdNotifier;
-use crate::render::{render, RenderSettings};
+use crate::render::RenderSettings;
 use crate::source::{Snapshot, SnapshotReceiver};
 
 /// How diffs are printed (CLI.md).
@@ -63,19 +63,16 @@ pub fn plan(
     snapshot: &Snapshot,
     settings: &RenderSettings,
 ) -> Result<(ChangeSet, KernelState), DryRunError> {
-    let view = snapshot
-        .view
-        .as_deref()
+    let rendered = snapshot
+        .render(settings)
         .ok_or_else(|| DryRunError::Unusable {
             state_id: snapshot.state_id.clone(),
             problems: snapshot.left_out.join("; "),
         })?;
-    let rendered = render(view, settings);
     for left_out in &rendered.left_out {
         tracing::warn!("left out: {left_out}");
     }
-    let mut desired = rendered.desired;
-    desired.state_id = Some(snapshot.state_id.clone());
+    let desired = rendered.desired;
     Ok((diff(baseline, &desired), desired))
 }
 

@@ -22,7 +22,7 @@ use crate::diff::diff;
 use crate::metrics::Metrics;
 use crate::notify::SystemdNotifier;
 use crate::poller::{Backoff, Feedback};
-use crate::render::{render, RenderSettings};
+use crate::render::RenderSettings;
 use crate::source::{Snapshot, SnapshotReceiver};
 
 #[derive(Debug, Clone)]
@@ -235,16 +235,16 @@ impl Reconciler {
         let Some(target) = self.target.clone() else {
             return Ok(None);
         };
-        let Some(view) = target.view.as_deref() else {
+        if target.view.is_none() {
             return Ok(None);
-        };
+        }
         if !self.dirty {
             // Nothing happened that could make the kernel differ from the
             // target since the last successful pass.
             return Ok(None);
         }
         let started = Instant::now();
-        match self.apply(&target.state_id, view).await {
+        match self.apply(&target).await {
             Ok(changes) => {
                 let took = started.elapsed();
                 self.succeeded(&target, changes, took);
@@ -262,21 +262,20 @@ impl Reconciler {
         }
     }
 
-    async fn apply(
-        &mut self,
-        state_id: &str,
-        view: &edgenet_model::NodeView,
-    ) -> Result<usize, DataplaneError> {
+    async fn apply(&mut self, target: &Snapshot) -> Result<usize, DataplaneError> {
+        let state_id = target.state_id.as_str();
         let mut actual = match self.actual.take() {
             Some(actual) => actual,
             None => self.dataplane.read().await?,
         };
-        let rendered = render(view, &self.settings.render);
+        let Some(rendered) = target.render(&self.settings.render) else {
+            self.actual = Some(actual);
+            return Ok(0);
+        };
         // What render could not use (beyond what sanitizing left out) is
         // reported through ApplyError like the rest.
         self.render_left_out = rendered.left_out;
-        let mut desired = rendered.desired;
-        desired.state_id = Some(state_id.to_string());
+        let desired = rendered.desired;
         let changes = diff(&actual, &desired);
         if changes.is_empty() && actual.state_id.as_deref() == Some(state_id) {
             self.actual = Some(actual);
@@ -425,11 +424,10 @@ pub async fn apply_once(
     settings: &RenderSettings,
 ) -> Result<(crate::diff::ChangeSet, Option<String>), DataplaneError> {
     let actual = dataplane.read().await?;
-    let Some(view) = snapshot.view.as_deref() else {
+    let Some(rendered) = snapshot.render(settings) else {
         return Ok((crate::diff::ChangeSet::default(), actual.state_id));
     };
-    let mut desired = render(view, settings).desired;
-    desired.state_id = Some(snapshot.state_id.clone());
+    let desired = rendered.desired;
     let changes = diff(&actual, &desired);
     if !changes.is_empty() || actual.state_id.as_deref() != Some(&snapshot.state_id) {
         let report = dataplane

@@ -160,6 +160,7 @@ async fn an_unusable_view_is_refused_and_reported() {
         state_id: "v1-ffffffffffffffffffffffffffffffff".into(),
         view: None,
         left_out: vec!["schema: unsupported schema 99".into()],
+        removed_instances: Vec::new(),
     });
     agent.snapshots.send_replace(Some(unusable));
     eventually(|| agent.feedback.borrow().apply_error.is_some()).await;
