@@ -275,6 +275,16 @@ impl<'a> Renderer<'a> {
                 Stmt::matches(Field::Ct("state"), Value::Keywords(vec!["invalid"])),
                 Stmt::Drop,
             ],
+            // IPv6 neighbour discovery (router and neighbour solicitation and
+            // advertisement, types 133-136) is what ARP is to IPv4: bridged
+            // br_netfilter traffic reaches this hook, and without this rule
+            // a group with no ICMPv6 rule would stop instances on one bridge
+            // from finding each other's MAC addresses at all.
+            vec![
+                Stmt::matches(Field::Meta("l4proto"), Value::Number(58)),
+                Stmt::matches(Field::Payload("icmpv6", "type"), Value::Range(133, 136)),
+                Stmt::Accept,
+            ],
         ];
         for family in FAMILIES {
             stmts.push(vec![Stmt::VerdictMap {

@@ -474,9 +474,6 @@ fn dual_stack_model() -> serde_json::Value {
 }
 
 #[test]
-#[ignore = "blocked: IPv6 neighbour discovery between instances is dropped: a unicast neighbour \
-            advertisement to an instance goes through `ip6 daddr vmap @instances6` into in_<id>, \
-            whose security groups have no ICMPv6 rule (dataplane, issue 6)"]
 fn ipv6_instances_get_security_groups_by_group_and_cidr_rule() {
     let cloud = Cloud::start_with(CloudOptions {
         model: dual_stack_model(),
