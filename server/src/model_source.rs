@@ -92,6 +92,10 @@ impl ModelSource {
     ) -> Result<(), SourceError> {
         let (tx, mut events) = mpsc::unbounded_channel();
         let _watcher = self.start_watcher(tx)?;
+        // A write that landed between the first read and the watch made no
+        // event: read once more now that nothing can be missed (content
+        // equal to the first read is skipped).
+        self.reload(&hub, &metrics).await;
         let mut recheck = tokio::time::interval(RECHECK_INTERVAL);
         let mut last_meta = file_meta(&self.path);
         loop {
@@ -266,4 +270,48 @@ fn file_meta(path: &Path) -> Option<(u64, SystemTime, u64)> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path).ok()?;
     Some((m.len(), m.modified().ok()?, m.ino()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edgenet_model::ModelIndex;
+
+    const EXAMPLE: &str = include_str!("../../examples/cloud.json");
+
+    /// A write between the start-up read and the inotify watch makes no
+    /// event; the watch must still pick it up, and long before the slow
+    /// metadata recheck.
+    #[tokio::test]
+    async fn a_write_before_the_watch_starts_is_not_missed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cloud.json");
+        std::fs::write(&path, EXAMPLE).unwrap();
+        let (source, model) = ModelSource::load_initial(&path).unwrap();
+        let hub = Arc::new(Hub::new(ModelIndex::build(Arc::new(model)), 100));
+        let metrics = Arc::new(Metrics::default());
+
+        let mut invalid: serde_json::Value = serde_json::from_str(EXAMPLE).unwrap();
+        invalid["instances"][0]["private_ip"] = "10.9.9.9".into();
+        std::fs::write(&path, invalid.to_string()).unwrap();
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let watching = tokio::spawn(source.clone().watch(
+            hub,
+            metrics,
+            Duration::from_millis(20),
+            stop_rx,
+        ));
+        let deadline = tokio::time::Instant::now() + RECHECK_INTERVAL / 2;
+        while source.status().invalid_count == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the early write was missed"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(source.status().last_error.unwrap().contains("private_ip"));
+        stop_tx.send(true).unwrap();
+        watching.await.unwrap().unwrap();
+    }
 }
