@@ -142,10 +142,11 @@ impl LocalSource {
     /// receiver side is gone. The first read must succeed: there is nothing
     /// to keep yet, and a wrong path should fail loudly at start.
     pub async fn run(self, tx: SnapshotSender) -> Result<(), SourceError> {
+        // Watch before the first read, so a write between the two is seen.
+        let (_watcher, mut events) = self.watch_parent()?;
         let first = snapshot_from_model_file(&self.path, &self.node)?;
         let mut last_id = first.state_id.clone();
         tx.send_replace(Some(Arc::new(first)));
-        let (_watcher, mut events) = self.watch_parent()?;
         loop {
             // Wait for an event that concerns our file, then for quiet.
             if events.recv().await.is_none() {
