@@ -49,7 +49,7 @@ impl NftRunner {
     async fn run(
         &self,
         args: &[&str],
-        stdin: Option<&[u8]>,
+        stdin: Option<&[NftCommand]>,
         purpose: &'static str,
     ) -> Result<std::process::Output, DataplaneError> {
         let mut command = Command::new(&self.program);
@@ -70,9 +70,8 @@ impl NftRunner {
             source,
         };
         let mut child = command.spawn().map_err(spawn_error)?;
-        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            pipe.write_all(input).await.map_err(spawn_error)?;
-            drop(pipe);
+        if let (Some(batch), Some(pipe)) = (stdin, child.stdin.take()) {
+            write_transaction(pipe, batch).await.map_err(spawn_error)?;
         }
         child.wait_with_output().await.map_err(spawn_error)
     }
@@ -117,9 +116,8 @@ impl NftRunner {
         if batch.is_empty() {
             return Ok(0);
         }
-        let text = transaction_document(batch);
         let output = self
-            .run(&["-j", "-f", "-"], Some(&text), "applying a transaction")
+            .run(&["-j", "-f", "-"], Some(batch), "applying a transaction")
             .await?;
         if output.status.success() {
             return Ok(batch.len());
@@ -170,17 +168,33 @@ fn parse_error(id: &TableId, detail: impl Into<String>) -> DataplaneError {
 /// `nft -j list table` output to our types. Rules are known by the hash in
 /// their comment; a rule without our comment (someone else's) gets a hash
 /// that matches nothing, so its chain is rewritten.
+///
+/// The listing is read item by item straight from nft's output into the
+/// table (typed structs borrowing from the buffer, set elements converted
+/// one at a time): a listing of 10,000 instances held as `serde_json::Value`
+/// trees cost ~35 MiB on top of the buffer.
 fn parse_table(stdout: &[u8], id: &TableId) -> Result<(NftTable, Option<String>), DataplaneError> {
-    let listing: Listing =
-        serde_json::from_slice(stdout).map_err(|e| parse_error(id, e.to_string()))?;
-    let mut table = NftTable::default();
-    let mut state_id = None;
-    for item in listing.nftables {
+    let mut builder = TableBuilder::default();
+    let mut deserializer = serde_json::Deserializer::from_slice(stdout);
+    serde::de::DeserializeSeed::deserialize(ListingSeed(&mut builder), &mut deserializer)
+        .and_then(|()| deserializer.end())
+        .map_err(|e| parse_error(id, e.to_string()))?;
+    Ok((builder.table, builder.state_id))
+}
+
+/// What the listing read so far adds up to.
+#[derive(Default)]
+struct TableBuilder {
+    table: NftTable,
+    state_id: Option<String>,
+}
+
+impl TableBuilder {
+    fn add(&mut self, item: ListItem<'_>) {
         if let Some(chain) = item.chain {
-            let name = str_field(&chain, "name", id)?;
-            if name != STATE_CHAIN {
-                table.chains.insert(
-                    name.to_string(),
+            if chain.name != STATE_CHAIN {
+                self.table.chains.insert(
+                    chain.name.to_string(),
                     NftChain {
                         base: parse_base_chain(&chain),
                         rules: Vec::new(),
@@ -188,63 +202,183 @@ fn parse_table(stdout: &[u8], id: &TableId) -> Result<(NftTable, Option<String>)
                 );
             }
         } else if let Some(set) = item.set.or(item.map) {
-            let name = str_field(&set, "name", id)?;
-            table.sets.insert(name.to_string(), parse_set(&set, id)?);
+            let name = set.name.to_string();
+            self.table.sets.insert(name, parse_set(set));
         } else if let Some(rule) = item.rule {
-            let comment = rule.comment.as_deref().unwrap_or("");
-            if rule.chain == STATE_CHAIN {
-                if let Some(state) = comment.strip_prefix(STATE_COMMENT_PREFIX) {
-                    state_id = Some(state.to_string());
-                }
-                continue;
-            }
-            let hash = comment
-                .strip_prefix(RULE_COMMENT_PREFIX)
-                .and_then(RuleHash::from_hex)
-                .unwrap_or_else(|| RuleHash::foreign(rule.handle.unwrap_or(0)));
-            if let Some(chain) = table.chains.get_mut(&rule.chain) {
-                chain.rules.push(NftRule {
-                    hash,
-                    statements: Vec::new(),
-                    handle: rule.handle,
-                });
-            }
+            self.add_rule(rule);
         }
     }
-    Ok((table, state_id))
+
+    fn add_rule(&mut self, rule: RuleListing<'_>) {
+        let comment = rule.comment.as_deref().unwrap_or("");
+        if rule.chain == STATE_CHAIN {
+            if let Some(state) = comment.strip_prefix(STATE_COMMENT_PREFIX) {
+                self.state_id = Some(state.to_string());
+            }
+            return;
+        }
+        let hash = comment
+            .strip_prefix(RULE_COMMENT_PREFIX)
+            .and_then(RuleHash::from_hex)
+            .unwrap_or_else(|| RuleHash::foreign(rule.handle.unwrap_or(0)));
+        if let Some(chain) = self.table.chains.get_mut(rule.chain.as_ref()) {
+            chain.rules.push(NftRule {
+                hash,
+                statements: Vec::new(),
+                handle: rule.handle,
+            });
+        }
+    }
 }
 
-/// The parts of `nft -j list table` we read. Rules are most of the
-/// listing, and we need only their chain, handle and comment: their
-/// expressions are skipped unparsed rather than built as JSON trees.
+/// `{"nftables": [item, ...]}`, each item handed to the builder as soon as
+/// it is read, so the listing is never held as a whole.
+struct ListingSeed<'b>(&'b mut TableBuilder);
+
+impl<'de> serde::de::DeserializeSeed<'de> for ListingSeed<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ListingSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an nft JSON listing")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = false;
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            if key == "nftables" {
+                map.next_value_seed(ItemsSeed(&mut *self.0))?;
+                seen = true;
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        if !seen {
+            return Err(serde::de::Error::missing_field("nftables"));
+        }
+        Ok(())
+    }
+}
+
+struct ItemsSeed<'b>(&'b mut TableBuilder);
+
+impl<'de> serde::de::DeserializeSeed<'de> for ItemsSeed<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ItemsSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array of nft objects")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(item) = seq.next_element::<ListItem<'de>>()? {
+            self.0.add(item);
+        }
+        Ok(())
+    }
+}
+
+/// The parts of one listed object we read. Rules are most of the listing,
+/// and we need only their chain, handle and comment: their expressions are
+/// skipped unparsed. Names borrow from nft's output where they can.
 #[derive(serde::Deserialize)]
-struct Listing {
-    nftables: Vec<ListItem>,
+struct ListItem<'a> {
+    #[serde(borrow)]
+    chain: Option<ChainListing<'a>>,
+    #[serde(borrow)]
+    set: Option<SetListing<'a>>,
+    #[serde(borrow)]
+    map: Option<SetListing<'a>>,
+    #[serde(borrow)]
+    rule: Option<RuleListing<'a>>,
 }
 
 #[derive(serde::Deserialize)]
-struct ListItem {
-    chain: Option<Json>,
-    set: Option<Json>,
-    map: Option<Json>,
-    rule: Option<RuleListing>,
+struct ChainListing<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    #[serde(borrow)]
+    hook: Option<Cow<'a, str>>,
+    #[serde(rename = "type", borrow)]
+    chain_type: Option<Cow<'a, str>>,
+    prio: Option<Json>,
+    #[serde(borrow)]
+    policy: Option<Cow<'a, str>>,
 }
 
 #[derive(serde::Deserialize)]
-struct RuleListing {
-    chain: String,
+struct SetListing<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    /// A type name, or an array of them for a concatenation.
+    #[serde(rename = "type", default)]
+    key_type: Json,
+    #[serde(borrow)]
+    map: Option<Cow<'a, str>>,
+    #[serde(default)]
+    flags: Json,
+    #[serde(default)]
+    elem: ListedElements,
+}
+
+#[derive(serde::Deserialize)]
+struct RuleListing<'a> {
+    #[serde(borrow)]
+    chain: Cow<'a, str>,
     handle: Option<u64>,
-    comment: Option<String>,
+    #[serde(borrow)]
+    comment: Option<Cow<'a, str>>,
 }
 
-fn str_field<'j>(object: &'j Json, field: &str, id: &TableId) -> Result<&'j str, DataplaneError> {
-    object[field]
-        .as_str()
-        .ok_or_else(|| parse_error(id, format!("an object without \"{field}\": {object}")))
+/// A set's elements as canonical key and value text, each element read as
+/// a small JSON value and converted at once (a set of 10,000 elements is
+/// never a tree). Keys are as printed: the interval normalisation is done
+/// by `parse_set`, which knows the flags.
+#[derive(Default)]
+struct ListedElements(BTreeMap<String, Option<String>>);
+
+impl<'de> serde::Deserialize<'de> for ListedElements {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_seq(ElementsVisitor)
+    }
 }
 
-fn parse_base_chain(chain: &Json) -> Option<BaseChain> {
-    let hook = match chain["hook"].as_str()? {
+struct ElementsVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ElementsVisitor {
+    type Value = ListedElements;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array of set elements")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> Result<ListedElements, A::Error> {
+        let mut elements = BTreeMap::new();
+        while let Some(elem) = seq.next_element::<Json>()? {
+            let (key, value) = match elem.as_array() {
+                Some(pair) if pair.len() == 2 => (&pair[0], Some(&pair[1])),
+                _ => (&elem, None),
+            };
+            let key = element_key(key).ok_or_else(|| {
+                serde::de::Error::custom(format!("an element we cannot read: {elem}"))
+            })?;
+            elements.insert(key, value.map(element_value));
+        }
+        Ok(ListedElements(elements))
+    }
+}
+
+fn parse_base_chain(chain: &ChainListing<'_>) -> Option<BaseChain> {
+    let hook = match chain.hook.as_deref()? {
         "prerouting" => Hook::Prerouting,
         "input" => Hook::Input,
         "forward" => Hook::Forward,
@@ -252,51 +386,56 @@ fn parse_base_chain(chain: &Json) -> Option<BaseChain> {
         "postrouting" => Hook::Postrouting,
         _ => return None,
     };
-    let chain_type = match chain["type"].as_str()? {
+    let chain_type = match chain.chain_type.as_deref()? {
         "nat" => ChainType::Nat,
         _ => ChainType::Filter,
     };
     Some(BaseChain {
         chain_type,
         hook,
-        priority: chain["prio"].as_i64().unwrap_or(0) as i32,
-        policy_accept: chain["policy"].as_str() != Some("drop"),
+        priority: chain.prio.as_ref().and_then(Json::as_i64).unwrap_or(0) as i32,
+        policy_accept: chain.policy.as_deref() != Some("drop"),
     })
 }
 
-fn parse_set(set: &Json, id: &TableId) -> Result<NftSet, DataplaneError> {
-    let key_type = match &set["type"] {
+fn parse_set(set: SetListing<'_>) -> NftSet {
+    let key_type = match &set.key_type {
         Json::Array(parts) => {
             let parts: Vec<&str> = parts.iter().filter_map(Json::as_str).collect();
             static_type(&parts.join(" . "))
         }
         other => static_type(other.as_str().unwrap_or("")),
     };
-    let value = match set["map"].as_str() {
+    let value = match set.map.as_deref() {
         None => SetValue::None,
         Some("verdict") => SetValue::Verdict,
         Some(other) => SetValue::Data(static_type(other)),
     };
-    let interval = set["flags"]
+    let interval = set
+        .flags
         .as_array()
         .is_some_and(|flags| flags.iter().any(|f| f == "interval"));
-    let mut parsed = NftSet {
+    let mut elements = set.elem.0;
+    if interval {
+        elements = elements
+            .into_iter()
+            .map(|(key, value)| (interval_key(key), value))
+            .collect();
+    }
+    NftSet {
         key_type,
         value,
         interval,
-        elements: BTreeMap::new(),
-    };
-    for elem in set["elem"].as_array().into_iter().flatten() {
-        let (key, value) = match elem.as_array() {
-            Some(pair) if pair.len() == 2 => (&pair[0], Some(&pair[1])),
-            _ => (elem, None),
-        };
-        let key = element_key(key, interval)
-            .ok_or_else(|| parse_error(id, format!("an element we cannot read: {elem}")))?;
-        let value = value.map(element_value);
-        parsed.elements.insert(key, value);
+        elements,
     }
-    Ok(parsed)
+}
+
+/// An interval set prints a host prefix as a bare address.
+fn interval_key(key: String) -> String {
+    match key.parse::<IpAddr>() {
+        Ok(addr) => IpNet::from(addr).to_string(),
+        Err(_) => key,
+    }
 }
 
 /// Type names we write, as `&'static str`; anything else is someone's
@@ -313,7 +452,7 @@ fn static_type(name: &str) -> &'static str {
     }
 }
 
-fn element_key(key: &Json, interval: bool) -> Option<String> {
+fn element_key(key: &Json) -> Option<String> {
     let key = key.get("elem").map(|e| &e["val"]).unwrap_or(key);
     if let Some(Json::Array(parts)) = key.get("concat") {
         let parts: Option<Vec<&str>> = parts.iter().map(Json::as_str).collect();
@@ -326,14 +465,7 @@ fn element_key(key: &Json, interval: bool) -> Option<String> {
             prefix["len"].as_u64()?
         ));
     }
-    let text = key.as_str()?;
-    // An interval set prints a host prefix as a bare address.
-    if interval {
-        if let Ok(addr) = text.parse::<IpAddr>() {
-            return Some(IpNet::from(addr).to_string());
-        }
-    }
-    Some(text.to_string())
+    key.as_str().map(str::to_string)
 }
 
 fn element_value(value: &Json) -> String {
@@ -366,19 +498,23 @@ fn cmd(command: NfCmd<'_>) -> NftCommand {
     serde_json::to_string(&NfObject::CmdObject(command)).expect("nftables schema serialises")
 }
 
-/// `{"nftables":[cmd,cmd,...]}` from serialised commands.
-pub fn transaction_document(batch: &[NftCommand]) -> Vec<u8> {
-    let length = batch.iter().map(|c| c.len() + 1).sum::<usize>() + 16;
-    let mut text = Vec::with_capacity(length);
-    text.extend_from_slice(b"{\"nftables\":[");
+/// Write `{"nftables":[cmd,cmd,...]}` to nft's stdin command by command,
+/// through a small buffer: the document is never assembled in memory (it
+/// is tens of MiB for a full apply of 10,000 instances).
+async fn write_transaction(
+    pipe: tokio::process::ChildStdin,
+    batch: &[NftCommand],
+) -> std::io::Result<()> {
+    let mut out = tokio::io::BufWriter::with_capacity(64 * 1024, pipe);
+    out.write_all(b"{\"nftables\":[").await?;
     for (index, command) in batch.iter().enumerate() {
         if index > 0 {
-            text.push(b',');
+            out.write_all(b",").await?;
         }
-        text.extend_from_slice(command.as_bytes());
+        out.write_all(command.as_bytes()).await?;
     }
-    text.extend_from_slice(b"]}");
-    text
+    out.write_all(b"]}").await?;
+    out.flush().await
 }
 
 fn table_object(id: &TableId) -> NfListObject<'static> {
@@ -620,69 +756,126 @@ fn delete_set_command(id: &TableId, name: &str, was_map: bool) -> NftCommand {
         .to_string()
 }
 
-fn element_json(key: &str, value: Option<&str>, interval: bool) -> Json {
+/// One set element as nft JSON: the key alone, or `[key, value]` for a map.
+/// Typed, so it is serialised straight into its command's text without a
+/// `serde_json::Value` per element (80,000 of them at 10,000 instances).
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum ElementJson<'a> {
+    Key(KeyJson<'a>),
+    Pair(KeyJson<'a>, ValueJson<'a>),
+}
+
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum KeyJson<'a> {
+    Concat { concat: Vec<&'a str> },
+    Prefix { prefix: PrefixJson },
+    Plain(&'a str),
+}
+
+#[derive(serde::Serialize)]
+struct PrefixJson {
+    addr: IpAddr,
+    len: u8,
+}
+
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum ValueJson<'a> {
+    Jump { jump: JumpJson<'a> },
+    Drop { drop: () },
+    Plain(&'a str),
+}
+
+#[derive(serde::Serialize)]
+struct JumpJson<'a> {
+    target: &'a str,
+}
+
+fn element_json<'a>(key: &'a str, value: Option<&'a str>, interval: bool) -> ElementJson<'a> {
     let key_json = if key.contains(" . ") {
-        json!({"concat": key.split(" . ").collect::<Vec<_>>()})
+        KeyJson::Concat {
+            concat: key.split(" . ").collect(),
+        }
     } else {
         plain_key_json(key, interval)
     };
     match value {
-        None => key_json,
+        None => ElementJson::Key(key_json),
         Some(value) => {
             let value_json = if let Some(target) = value.strip_prefix("jump ") {
-                json!({"jump": {"target": target}})
+                ValueJson::Jump {
+                    jump: JumpJson { target },
+                }
             } else if value == DROP_VALUE {
-                json!({"drop": null})
+                ValueJson::Drop { drop: () }
             } else {
-                json!(value)
+                ValueJson::Plain(value)
             };
-            json!([key_json, value_json])
+            ElementJson::Pair(key_json, value_json)
         }
     }
 }
 
-fn plain_key_json(key: &str, interval: bool) -> Json {
+fn plain_key_json(key: &str, interval: bool) -> KeyJson<'_> {
     match (interval, key.parse::<IpNet>()) {
-        (true, Ok(net)) => {
-            json!({"prefix": {"addr": net.addr().to_string(), "len": net.prefix_len()}})
-        }
-        _ => json!(key),
+        (true, Ok(net)) => KeyJson::Prefix {
+            prefix: PrefixJson {
+                addr: net.addr(),
+                len: net.prefix_len(),
+            },
+        },
+        _ => KeyJson::Plain(key),
     }
 }
 
-/// Elements to add or delete, grouped by set so each set takes one command.
+/// Elements to add or delete, grouped by set so each set takes one command;
+/// each set's elements are kept as their JSON text, comma separated.
 #[derive(Default)]
-struct ElementBatch {
-    by_set: BTreeMap<(TableId, String), Vec<Json>>,
+struct ElementBatch<'c> {
+    by_set: BTreeMap<(&'c TableId, &'c str), Vec<u8>>,
 }
 
-impl ElementBatch {
-    fn push(&mut self, id: &TableId, set: &str, element: Json) {
-        self.by_set
-            .entry((id.clone(), set.to_string()))
-            .or_default()
-            .push(element);
+impl<'c> ElementBatch<'c> {
+    fn push(&mut self, id: &'c TableId, set: &'c str, element: ElementJson<'_>) {
+        let text = self.by_set.entry((id, set)).or_default();
+        if !text.is_empty() {
+            text.push(b',');
+        }
+        serde_json::to_writer(text, &element).expect("an element serialises");
     }
 
     fn commands(self, verb: &str) -> Vec<NftCommand> {
         self.by_set
             .into_iter()
-            .map(|((id, set), elems)| {
-                json!({verb: {"element": {
-                    "family": id.family.as_str(), "table": id.name, "name": set, "elem": elems,
-                }}})
-                .to_string()
-            })
+            .map(|((id, set), elems)| element_command(verb, id, set, &elems))
             .collect()
     }
+}
+
+/// `{"<verb>":{"element":{"family":…,"table":…,"name":…,"elem":[<elems>]}}}`.
+fn element_command(verb: &str, id: &TableId, set: &str, elems: &[u8]) -> NftCommand {
+    let text = |s: &str| serde_json::to_string(s).expect("a string serialises");
+    let mut command = format!(
+        "{{{}:{{\"element\":{{\"family\":{},\"table\":{},\"name\":{},\"elem\":[",
+        text(verb),
+        text(id.family.as_str()),
+        text(&id.name),
+        text(set),
+    );
+    // Serialised by serde_json from `&str`s: valid UTF-8.
+    command.push_str(std::str::from_utf8(elems).expect("serde_json writes UTF-8"));
+    command.push_str("]}}}");
+    command
 }
 
 /// The one transaction that makes `changes`, in an order the kernel
 /// accepts: containers first, then chain contents and elements (so every
 /// reference resolves), removals last (after what referenced them is gone).
 /// `state_id` is written into the state chain when `write_state` is set.
-pub fn build_transaction(
-    changes: &[&Change],
+pub fn build_transaction<'c>(
+    changes: &[&'c Change],
     desired: &KernelState,
     actual_sets: &dyn Fn(&TableId, &str) -> Option<bool>,
     state: Option<&str>,
@@ -700,7 +893,7 @@ pub fn build_transaction(
             .and_then(|t| t.sets.get(set))
             .is_some_and(|s| s.interval)
     };
-    for change in changes {
+    for &change in changes {
         match change {
             Change::AddTable(id) => containers.push(cmd(NfCmd::Add(table_object(id)))),
             Change::RemoveTable(id) => {
@@ -897,27 +1090,34 @@ fn quote_ifname(set: &NftSet, key: &str) -> String {
 mod tests {
     use super::*;
 
+    fn as_json(element: ElementJson<'_>) -> Json {
+        serde_json::to_value(element).unwrap()
+    }
+
     #[test]
     fn element_json_forms() {
-        assert_eq!(element_json("10.1.0.1", None, false), json!("10.1.0.1"));
         assert_eq!(
-            element_json("10.1.0.0/16", None, true),
+            as_json(element_json("10.1.0.1", None, false)),
+            json!("10.1.0.1")
+        );
+        assert_eq!(
+            as_json(element_json("10.1.0.0/16", None, true)),
             json!({"prefix": {"addr": "10.1.0.0", "len": 16}})
         );
         assert_eq!(
-            element_json("10.1.0.33", Some("jump in_x"), false),
+            as_json(element_json("10.1.0.33", Some("jump in_x"), false)),
             json!(["10.1.0.33", {"jump": {"target": "in_x"}}])
         );
         assert_eq!(
-            element_json("10.1.0.34", Some("drop"), false),
+            as_json(element_json("10.1.0.34", Some("drop"), false)),
             json!(["10.1.0.34", {"drop": null}])
         );
         assert_eq!(
-            element_json("vn_x . d0:0d:00:00:00:01", None, false),
+            as_json(element_json("vn_x . d0:0d:00:00:00:01", None, false)),
             json!({"concat": ["vn_x", "d0:0d:00:00:00:01"]})
         );
         assert_eq!(
-            element_key(&json!({"concat": ["vn_x", "10.1.0.33"]}), false).as_deref(),
+            element_key(&json!({"concat": ["vn_x", "10.1.0.33"]})).as_deref(),
             Some("vn_x . 10.1.0.33")
         );
     }
@@ -935,7 +1135,7 @@ mod tests {
                      "elem": [["10.1.0.33", {"jump": {"target": "in_i-1"}}], ["10.1.0.34", {"drop": null}]]}},
             {"set": {"family": "inet", "name": "subnets4", "table": "edgenet", "type": "ipv4_addr",
                      "handle": 5, "flags": ["interval"],
-                     "elem": [{"prefix": {"addr": "10.1.0.0", "len": 16}}]}},
+                     "elem": [{"prefix": {"addr": "10.1.0.0", "len": 16}}, "10.2.0.1"]}},
             {"rule": {"family": "inet", "table": "edgenet", "chain": "forward", "handle": 7,
                       "comment": "edgenet:00112233445566778899", "expr": []}},
             {"rule": {"family": "inet", "table": "edgenet", "chain": "forward", "handle": 8, "expr": []}},
@@ -962,5 +1162,41 @@ mod tests {
         );
         assert_eq!(instances.elements["10.1.0.34"].as_deref(), Some("drop"));
         assert!(table.sets["subnets4"].elements.contains_key("10.1.0.0/16"));
+        assert!(table.sets["subnets4"].elements.contains_key("10.2.0.1/32"));
+    }
+
+    #[test]
+    fn unreadable_element_is_a_parse_error() {
+        let listing = json!({"nftables": [
+            {"set": {"family": "inet", "name": "s", "table": "edgenet", "type": "ipv4_addr",
+                     "elem": [{"range": ["10.0.0.1", "10.0.0.9"]}]}}
+        ]});
+        let id = TableId::ours(Family::Inet);
+        let error = parse_table(listing.to_string().as_bytes(), &id).unwrap_err();
+        assert!(matches!(error, DataplaneError::NftParse { .. }), "{error}");
+    }
+
+    #[test]
+    fn element_commands_are_one_json_object_per_set() {
+        let id = TableId::ours(Family::Inet);
+        let mut batch = ElementBatch::default();
+        batch.push(
+            &id,
+            "instances",
+            element_json("10.1.0.33", Some("jump in_x"), false),
+        );
+        batch.push(
+            &id,
+            "instances",
+            element_json("10.1.0.34", Some("drop"), false),
+        );
+        let commands = batch.commands("add");
+        assert_eq!(commands.len(), 1);
+        let parsed: Json = serde_json::from_str(&commands[0]).unwrap();
+        assert_eq!(
+            parsed,
+            json!({"add": {"element": {"family": "inet", "table": "edgenet", "name": "instances",
+                "elem": [["10.1.0.33", {"jump": {"target": "in_x"}}], ["10.1.0.34", {"drop": null}]]}}})
+        );
     }
 }
