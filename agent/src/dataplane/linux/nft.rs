@@ -49,7 +49,7 @@ impl NftRunner {
     async fn run(
         &self,
         args: &[&str],
-        stdin: Option<&[NftCommand]>,
+        stdin: Option<&Transaction<'_>>,
         purpose: &'static str,
     ) -> Result<std::process::Output, DataplaneError> {
         let mut command = Command::new(&self.program);
@@ -70,8 +70,10 @@ impl NftRunner {
             source,
         };
         let mut child = command.spawn().map_err(spawn_error)?;
-        if let (Some(batch), Some(pipe)) = (stdin, child.stdin.take()) {
-            write_transaction(pipe, batch).await.map_err(spawn_error)?;
+        if let (Some(transaction), Some(pipe)) = (stdin, child.stdin.take()) {
+            write_transaction(pipe, transaction)
+                .await
+                .map_err(spawn_error)?;
         }
         child.wait_with_output().await.map_err(spawn_error)
     }
@@ -112,20 +114,25 @@ impl NftRunner {
     }
 
     /// Run one transaction. `Ok(0)` when there was nothing to write.
-    pub async fn apply(&self, batch: &[NftCommand]) -> Result<usize, DataplaneError> {
-        if batch.is_empty() {
+    pub async fn apply(&self, transaction: &Transaction<'_>) -> Result<usize, DataplaneError> {
+        let commands = transaction.commands();
+        if commands == 0 {
             return Ok(0);
         }
         let output = self
-            .run(&["-j", "-f", "-"], Some(batch), "applying a transaction")
+            .run(
+                &["-j", "-f", "-"],
+                Some(transaction),
+                "applying a transaction",
+            )
             .await?;
         if output.status.success() {
-            return Ok(batch.len());
+            return Ok(commands);
         }
         let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
         Err(classify_failure(stderr, |stderr| {
             DataplaneError::NftTransaction {
-                commands: batch.len(),
+                commands,
                 stderr: truncate(&stderr, 2000),
             }
         }))
@@ -498,23 +505,108 @@ fn cmd(command: NfCmd<'_>) -> NftCommand {
     serde_json::to_string(&NfObject::CmdObject(command)).expect("nftables schema serialises")
 }
 
+/// A transaction in the order it is written. A chain's rules (most of a
+/// full apply: ~26,000 at 10,000 instances) are serialised only as they
+/// are written to nft, so their text is never all held at once; the other
+/// commands are few or small and are serialised when built.
+#[derive(Default)]
+pub struct Transaction<'c> {
+    parts: Vec<Part<'c>>,
+}
+
+enum Part<'c> {
+    Command(NftCommand),
+    Rules {
+        table: &'c TableId,
+        chain: &'c str,
+        rules: &'c [NftRule],
+    },
+}
+
+impl<'c> Transaction<'c> {
+    /// How many nft commands the transaction holds.
+    pub fn commands(&self) -> usize {
+        self.parts
+            .iter()
+            .map(|part| match part {
+                Part::Command(_) => 1,
+                Part::Rules { rules, .. } => rules.len(),
+            })
+            .sum()
+    }
+
+    fn push(&mut self, command: NftCommand) {
+        self.parts.push(Part::Command(command));
+    }
+
+    fn extend(&mut self, commands: impl IntoIterator<Item = NftCommand>) {
+        self.parts.extend(commands.into_iter().map(Part::Command));
+    }
+
+    fn push_rules(&mut self, table: &'c TableId, chain: &'c str, rules: &'c [NftRule]) {
+        self.parts.push(Part::Rules {
+            table,
+            chain,
+            rules,
+        });
+    }
+
+    /// Every command's JSON text, in order (for tests).
+    #[cfg(test)]
+    fn texts(&self) -> Vec<NftCommand> {
+        let mut texts = Vec::new();
+        for part in &self.parts {
+            match part {
+                Part::Command(text) => texts.push(text.clone()),
+                Part::Rules {
+                    table,
+                    chain,
+                    rules,
+                } => texts.extend(rules.iter().map(|r| rule_object(table, chain, r))),
+            }
+        }
+        texts
+    }
+}
+
 /// Write `{"nftables":[cmd,cmd,...]}` to nft's stdin command by command,
 /// through a small buffer: the document is never assembled in memory (it
 /// is tens of MiB for a full apply of 10,000 instances).
 async fn write_transaction(
     pipe: tokio::process::ChildStdin,
-    batch: &[NftCommand],
+    transaction: &Transaction<'_>,
 ) -> std::io::Result<()> {
     let mut out = tokio::io::BufWriter::with_capacity(64 * 1024, pipe);
     out.write_all(b"{\"nftables\":[").await?;
-    for (index, command) in batch.iter().enumerate() {
-        if index > 0 {
-            out.write_all(b",").await?;
+    let mut first = true;
+    for part in &transaction.parts {
+        match part {
+            Part::Command(text) => write_command(&mut out, &mut first, text).await?,
+            Part::Rules {
+                table,
+                chain,
+                rules,
+            } => {
+                for rule in rules.iter() {
+                    let text = rule_object(table, chain, rule);
+                    write_command(&mut out, &mut first, &text).await?;
+                }
+            }
         }
-        out.write_all(command.as_bytes()).await?;
     }
     out.write_all(b"]}").await?;
     out.flush().await
+}
+
+async fn write_command<W: tokio::io::AsyncWrite + Unpin>(
+    out: &mut W,
+    first: &mut bool,
+    command: &str,
+) -> std::io::Result<()> {
+    if !std::mem::take(first) {
+        out.write_all(b",").await?;
+    }
+    out.write_all(command.as_bytes()).await
 }
 
 fn table_object(id: &TableId) -> NfListObject<'static> {
@@ -879,9 +971,9 @@ pub fn build_transaction<'c>(
     desired: &KernelState,
     actual_sets: &dyn Fn(&TableId, &str) -> Option<bool>,
     state: Option<&str>,
-) -> Vec<NftCommand> {
+) -> Transaction<'c> {
     let mut containers = Vec::new();
-    let mut contents = Vec::new();
+    let mut contents = Transaction::default();
     let mut element_deletes = ElementBatch::default();
     let mut element_adds = ElementBatch::default();
     let mut flush_removed = Vec::new();
@@ -921,7 +1013,7 @@ pub fn build_transaction<'c>(
                     name,
                     chain.base.as_ref(),
                 )))));
-                contents.extend(chain.rules.iter().map(|r| rule_object(table, name, r)));
+                contents.push_rules(table, name, &chain.rules);
             }
             Change::ChangeChain {
                 table, name, chain, ..
@@ -936,7 +1028,7 @@ pub fn build_transaction<'c>(
                 contents.push(cmd(NfCmd::Flush(schema::FlushObject::Chain(chain_object(
                     table, name, None,
                 )))));
-                contents.extend(chain.rules.iter().map(|r| rule_object(table, name, r)));
+                contents.push_rules(table, name, &chain.rules);
             }
             Change::RemoveChain { table, name, .. } => {
                 flush_removed.push(cmd(NfCmd::Flush(schema::FlushObject::Chain(chain_object(
@@ -980,8 +1072,9 @@ pub fn build_transaction<'c>(
             _ => {}
         }
     }
-    let mut batch = containers;
-    batch.extend(contents);
+    let mut batch = Transaction::default();
+    batch.extend(containers);
+    batch.parts.extend(contents.parts);
     batch.extend(element_deletes.commands("delete"));
     batch.extend(element_adds.commands("add"));
     batch.extend(flush_removed);
@@ -1174,6 +1267,62 @@ mod tests {
         let id = TableId::ours(Family::Inet);
         let error = parse_table(listing.to_string().as_bytes(), &id).unwrap_err();
         assert!(matches!(error, DataplaneError::NftParse { .. }), "{error}");
+    }
+
+    #[test]
+    fn transaction_writes_chain_then_its_rules_then_elements_then_state() {
+        let table = TableId::ours(Family::Inet);
+        let rule = |byte| NftRule {
+            hash: RuleHash([byte; 10]),
+            statements: vec![Stmt::Accept],
+            handle: None,
+        };
+        let add_chain = Change::AddChain {
+            table: table.clone(),
+            name: "in_x".into(),
+            chain: NftChain {
+                base: None,
+                rules: vec![rule(1), rule(2)],
+            },
+        };
+        let add_element = Change::AddElement {
+            table: table.clone(),
+            set: "instances".into(),
+            key: "10.1.0.33".into(),
+            value: Some("jump in_x".into()),
+        };
+        let transaction = build_transaction(
+            &[&add_chain, &add_element],
+            &KernelState::default(),
+            &|_, _| None,
+            Some("v1-a"),
+        );
+        let texts = transaction.texts();
+        assert_eq!(transaction.commands(), texts.len());
+        let kinds: Vec<String> = texts
+            .iter()
+            .map(|text| {
+                let command: Json = serde_json::from_str(text).unwrap();
+                let (verb, object) = command.as_object().unwrap().iter().next().unwrap();
+                let kind = object.as_object().unwrap().keys().next().unwrap();
+                format!("{verb} {kind}")
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "add chain",
+                "add rule",
+                "add rule",
+                "add element",
+                "add table",
+                "add chain",
+                "flush chain",
+                "add rule"
+            ]
+        );
+        assert!(texts[1].contains(&RuleHash([1; 10]).to_string()));
+        assert!(texts[2].contains(&RuleHash([2; 10]).to_string()));
     }
 
     #[test]
