@@ -1,10 +1,9 @@
 //! Agent-side cost of one snapshot with 10,000 instances on the node:
 //! sanitize (validate the view as received), render, and diff against an
 //! empty kernel, against the same state, and against the previous state
-//! after a one-instance change. Ignored by default; figures go to
-//! `bench/README.md` ("agent"):
+//! after a one-instance change. Figures go to `bench/README.md` ("agent"):
 //!
-//!   cargo test --release -p edgenet-agent --test agent_bench -- --ignored --nocapture
+//!   taskset -c 1 cargo bench -p edgenet-agent --bench render_diff
 
 use std::time::{Duration, Instant};
 
@@ -35,9 +34,7 @@ fn time<T>(mut f: impl FnMut() -> T) -> (Duration, T) {
     (median(samples), last.unwrap())
 }
 
-#[test]
-#[ignore = "benchmark: run in release with --ignored --nocapture"]
-fn render_and_diff_10k_instances() {
+fn main() {
     let model = generate(Shape {
         nodes: 1,
         instances: INSTANCES,
