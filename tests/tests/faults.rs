@@ -22,6 +22,14 @@ const STEADY: [Flow; 6] = [
     deny("i-db1", "i-web2", 80),
 ];
 
+/// The kernel state of both nodes, to prove a fault changed nothing.
+fn both_nodes(cloud: &Cloud) -> [kernel::Snapshot; 2] {
+    [
+        cloud.snapshot("nc-1").unwrap(),
+        cloud.snapshot("nc-2").unwrap(),
+    ]
+}
+
 fn internet_reaches_web1(cloud: &Cloud) -> bool {
     let addr = sock("203.0.113.5", 22).unwrap();
     probe::tcp_connect(&cloud.internet, addr, Duration::from_secs(2)).is_ok_and(|g| g == "i-web1")
@@ -44,18 +52,12 @@ fn open_port_on_db1(cloud: &mut Cloud, port: u16, timeout: Duration) {
 fn server_killed_then_restarted_traffic_keeps_flowing() {
     let mut cloud = Cloud::start().unwrap();
     cloud.assert_flows(&STEADY);
-    let before = [
-        cloud.snapshot("nc-1").unwrap(),
-        cloud.snapshot("nc-2").unwrap(),
-    ];
+    let before = both_nodes(&cloud);
     cloud.kill_server();
     sleep(Duration::from_secs(3));
     cloud.assert_flows(&STEADY);
     assert!(internet_reaches_web1(&cloud));
-    let during = [
-        cloud.snapshot("nc-1").unwrap(),
-        cloud.snapshot("nc-2").unwrap(),
-    ];
+    let during = both_nodes(&cloud);
     assert!(
         during == before,
         "a node changed while the server was down (fail static)"
@@ -75,10 +77,7 @@ fn server_killed_then_restarted_traffic_keeps_flowing() {
 #[test]
 fn invalid_model_is_refused_and_agents_keep_their_state() {
     let mut cloud = Cloud::start().unwrap();
-    let before = [
-        cloud.snapshot("nc-1").unwrap(),
-        cloud.snapshot("nc-2").unwrap(),
-    ];
+    let before = both_nodes(&cloud);
     let path = cloud.model_path();
 
     // Not JSON at all, then JSON with a dangling reference.
@@ -119,10 +118,7 @@ fn invalid_model_is_refused_and_agents_keep_their_state() {
     );
 
     sleep(Duration::from_secs(1));
-    let after = [
-        cloud.snapshot("nc-1").unwrap(),
-        cloud.snapshot("nc-2").unwrap(),
-    ];
+    let after = both_nodes(&cloud);
     assert!(
         after == before,
         "a node changed after an invalid model was written"
@@ -297,10 +293,7 @@ fn sts_unreachable_agent_fails_static_then_recovers() {
         ..Default::default()
     })
     .unwrap();
-    let before = [
-        cloud.snapshot("nc-1").unwrap(),
-        cloud.snapshot("nc-2").unwrap(),
-    ];
+    let before = both_nodes(&cloud);
     // Cut STS only (its own address); the describe endpoint stays up.
     let block = format!(
         "add table inet e2eblock; add chain inet e2eblock in {{ type filter hook input priority -10; }}; \
@@ -311,10 +304,7 @@ fn sts_unreachable_agent_fails_static_then_recovers() {
     sleep(Duration::from_secs(12));
     cloud.assert_flows(&STEADY);
     assert!(internet_reaches_web1(&cloud));
-    let during = [
-        cloud.snapshot("nc-1").unwrap(),
-        cloud.snapshot("nc-2").unwrap(),
-    ];
+    let during = both_nodes(&cloud);
     assert!(
         during == before,
         "a node changed while STS was unreachable (must stay fail static)"
