@@ -86,15 +86,7 @@ async fn a_targeted_change_wakes_exactly_the_nodes_whose_view_changed() {
         "only nc-2's polls answer the change"
     );
     assert_eq!(late, 6);
-    let metrics = t
-        .client
-        .get(format!("{}metrics", t.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = t.metrics().await;
     assert!(
         metrics.contains("edgenet_server_wakeups_total 3"),
         "{metrics}"
@@ -254,15 +246,7 @@ async fn an_invalid_model_is_refused_and_the_last_valid_one_stays() {
     let s = t.status().await;
     assert_eq!(s["Model"]["LastError"], serde_json::Value::Null, "{s}");
     assert!(s["Model"]["InvalidCount"].as_u64().unwrap() >= 1);
-    let metrics = t
-        .client
-        .get(format!("{}metrics", t.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = t.metrics().await;
     assert!(
         metrics.contains("edgenet_server_model_reloads_total{result=\"refused\"}"),
         "{metrics}"
@@ -386,15 +370,7 @@ async fn healthz_and_metrics() {
         .unwrap();
     assert_eq!(h.status(), 200);
     t.current_id("nc-1").await;
-    let m = t
-        .client
-        .get(format!("{}metrics", t.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = t.metrics().await;
     for name in [
         "edgenet_server_parked_polls 0",
         "edgenet_server_answers_total{kind=\"200\"}",

@@ -186,6 +186,12 @@ impl TestServer {
         r.json()
     }
 
+    /// The server's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let response = self.client.get(format!("{}metrics", self.url)).send().await;
+        response.unwrap().text().await.unwrap()
+    }
+
     pub async fn shutdown(mut self) {
         if let Some(s) = self.server.take() {
             s.shutdown().await;
