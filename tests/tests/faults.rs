@@ -8,6 +8,7 @@ use std::time::Duration;
 use edgenet_e2e::cloud::{
     allow, deny, metric_value, sock, Cloud, CloudOptions, Flow, REPLICA_PORT, SERVER_PORT, STS_IP,
 };
+use edgenet_e2e::netns::Netns;
 use edgenet_e2e::{kernel, model, probe};
 
 const CONVERGE: Duration = Duration::from_secs(20);
@@ -21,6 +22,16 @@ const STEADY: [Flow; 6] = [
     deny("i-lb2", "i-db1", 9000),
     deny("i-db1", "i-web2", 80),
 ];
+
+/// Deletes nc-1's model route (proto 159) behind the agent's back.
+fn delete_model_route(nc1: &Netns) {
+    let route = "10.200.0.0/16 via 192.168.100.2 proto 159 metric 100";
+    let args: Vec<&str> = ["route", "del"]
+        .into_iter()
+        .chain(route.split(' '))
+        .collect();
+    nc1.ip(&args).unwrap();
+}
 
 /// The kernel state of both nodes, to prove a fault changed nothing.
 fn both_nodes(cloud: &Cloud) -> [kernel::Snapshot; 2] {
@@ -200,18 +211,7 @@ fn deleted_route_is_repaired() {
     let nc1 = cloud.node("nc-1");
     let ours = |ns| kernel::routes(ns, &["proto", "159"]).unwrap();
     let before = ours(nc1);
-    nc1.ip(&[
-        "route",
-        "del",
-        "10.200.0.0/16",
-        "via",
-        "192.168.100.2",
-        "proto",
-        "159",
-        "metric",
-        "100",
-    ])
-    .unwrap();
+    delete_model_route(nc1);
     let repaired = probe::wait_until(Duration::from_secs(15), || ours(nc1) == before);
     assert!(repaired, "route not restored: {:?}", ours(nc1));
     cloud.assert_flows(&STEADY);
@@ -442,18 +442,7 @@ fn drift_while_the_agent_was_down_is_repaired_after_restart() {
     cloud.agent("nc-1").unwrap().kill_hard();
     let nc1 = cloud.node("nc-1");
     nc1.nft(&["delete", "table", "bridge", "edgenet"]).unwrap();
-    nc1.ip(&[
-        "route",
-        "del",
-        "10.200.0.0/16",
-        "via",
-        "192.168.100.2",
-        "proto",
-        "159",
-        "metric",
-        "100",
-    ])
-    .unwrap();
+    delete_model_route(nc1);
     cloud.start_agent("nc-1").unwrap();
     let nc1 = cloud.node("nc-1");
     let repaired = probe::wait_until(Duration::from_secs(15), || {
