@@ -542,3 +542,98 @@ EOF");
         assert!(!bridge.chains.contains_key("port_i-0a1b2c3d"));
     });
 }
+
+/// The example view plus `i-c` (sg-web, a public IP, a port on br0).
+fn view_with_instance_c() -> NodeView {
+    let mut view = view();
+    let mut c = view.instances[0].clone();
+    c.id = "i-c".into();
+    c.interface = "vn_i-c".into();
+    c.mac = "d0:0d:00:00:00:0c".into();
+    c.private_ip = "10.1.0.51".into();
+    c.public_ip = Some("203.0.113.6".into());
+    view.instances.push(c);
+    view
+}
+
+/// How `nft` lists what adding `i-c` writes, object by object.
+fn instance_c_listing(ns: &NetNs) -> Vec<String> {
+    [
+        "list chain inet edgenet in_i-c",
+        "list chain inet edgenet state",
+        "get element inet edgenet instances { 10.1.0.51 }",
+        "get element inet edgenet dnat4 { 203.0.113.6 }",
+        "get element inet edgenet snat4 { 10.1.0.51 }",
+        "get element bridge edgenet spoof_ports { \"vn_i-c\" }",
+        "get element bridge edgenet port_macs { \"vn_i-c\" . d0:0d:00:00:00:0c }",
+        "get element bridge edgenet port_ips4 { \"vn_i-c\" . 10.1.0.51 }",
+    ]
+    .iter()
+    .map(|command| ns.sh(&format!("nft {command}")))
+    .collect()
+}
+
+/// Add `i-c` to the converged example view; returns what the kernel then
+/// holds and how many transactions went through the fast path.
+async fn add_instance_c(fast_path: bool) -> (KernelState, u64) {
+    let config = LinuxConfig {
+        nft_fast_path: fast_path,
+        ..config()
+    };
+    let mut dp = LinuxDataplane::new(config).unwrap();
+    converge(&mut dp, &desired(), "v1-base").await;
+    let counters = dp.counters();
+    let transactions = counters.nft_transactions.load(Ordering::Relaxed);
+    let with_c = render(&view_with_instance_c(), &RenderSettings::default()).desired;
+    converge(&mut dp, &with_c, "v1-with-c").await;
+    assert_eq!(
+        counters.nft_transactions.load(Ordering::Relaxed),
+        transactions + 1,
+        "one transaction"
+    );
+    let back = dp.read().await.unwrap();
+    let left = diff(&back, &with_c);
+    assert!(left.is_empty(), "{}", left.render_text("nc-1", None, "v1"));
+    (back, counters.nft_fast_batches.load(Ordering::Relaxed))
+}
+
+#[test]
+fn an_instance_added_through_the_fast_path_reads_back_as_nft_writes_it() {
+    let fast = NetNs::node("fast");
+    let slow = NetNs::node("slow");
+    let (fast_state, fast_batches) = fast.run(|| add_instance_c(true));
+    let (slow_state, slow_batches) = slow.run(|| add_instance_c(false));
+    assert_eq!((fast_batches, slow_batches), (1, 0));
+    // nftables only: the link-local addresses of the two namespaces differ.
+    let nft_only = |state: &KernelState| KernelState {
+        tables: state.tables.clone(),
+        ..KernelState::default()
+    };
+    let apart = diff(&nft_only(&slow_state), &nft_only(&fast_state));
+    assert!(
+        apart.is_empty(),
+        "{}",
+        apart.render_text("nc-1", None, "v1")
+    );
+    let listing = instance_c_listing(&fast);
+    assert_eq!(listing, instance_c_listing(&slow));
+    assert!(
+        listing[0].contains("jump sg_sg-web comment \"edgenet:"),
+        "{}",
+        listing[0]
+    );
+    assert!(
+        listing[1].contains("edgenet-state:v1-with-c"),
+        "{}",
+        listing[1]
+    );
+
+    // And out again, the same way.
+    fast.run(|| async {
+        let mut dp = LinuxDataplane::new(config()).unwrap();
+        converge(&mut dp, &desired(), "v1-base").await;
+        assert_eq!(dp.counters().nft_fast_batches.load(Ordering::Relaxed), 1);
+        assert!(diff(&dp.read().await.unwrap(), &desired()).is_empty());
+    });
+    assert!(fast.try_sh("nft list chain inet edgenet in_i-c").is_err());
+}

@@ -23,6 +23,7 @@ use crate::diff::{Change, ChangeSet};
 
 pub mod monitor;
 pub mod netlink;
+pub mod nfnl;
 pub mod nft;
 pub mod sysctl;
 
@@ -39,6 +40,11 @@ pub struct LinuxConfig {
     /// Watch netlink for drift of our routes and addresses.
     pub monitor: bool,
     pub nft: NftRunner,
+    /// Write small element and instance-chain changes through our own
+    /// nfnetlink socket instead of `nft` (see `nfnl`). Off whenever `nft`
+    /// runs through a prefix (another namespace or user): our socket would
+    /// not write where `nft` does.
+    pub nft_fast_path: bool,
 }
 
 impl Default for LinuxConfig {
@@ -49,6 +55,7 @@ impl Default for LinuxConfig {
             manage_sysctls: true,
             monitor: true,
             nft: NftRunner::default(),
+            nft_fast_path: true,
         }
     }
 }
@@ -59,11 +66,18 @@ pub struct LinuxCounters {
     pub netlink_ops: AtomicU64,
     pub nft_transactions: AtomicU64,
     pub nft_commands: AtomicU64,
+    /// Of `nft_transactions`, those written by the nfnetlink fast path.
+    pub nft_fast_batches: AtomicU64,
 }
 
 pub struct LinuxDataplane {
     config: LinuxConfig,
     handle: Handle,
+    /// `None` when the fast path is off or its socket could not be opened.
+    nfnl: Option<nfnl::NfnlSocket>,
+    /// The monitor's copy of our routes and addresses must be taken whole
+    /// at the next apply (set by every full read).
+    watch_from_scratch: bool,
     counters: Arc<LinuxCounters>,
     watched: monitor::SharedWatched,
     drift: Option<mpsc::Receiver<DriftEvent>>,
@@ -102,9 +116,18 @@ impl LinuxDataplane {
             drift = Some(rx);
             tasks.extend(monitor_tasks);
         }
+        let nfnl = if config.nft_fast_path && config.nft.prefix_args.is_empty() {
+            nfnl::NfnlSocket::open()
+                .inspect_err(|e| tracing::info!(error = %e, "nftables fast path off: every change goes through nft"))
+                .ok()
+        } else {
+            None
+        };
         Ok(LinuxDataplane {
             config,
             handle,
+            nfnl,
+            watch_from_scratch: true,
             counters: Arc::default(),
             watched,
             drift,
@@ -122,10 +145,72 @@ impl LinuxDataplane {
         &self.config
     }
 
-    fn watch(&self, desired: &KernelState, links: netlink::Links) {
+    /// One nftables transaction for `changes`: through the fast path when
+    /// it can take them all, else (or when it fails: then nothing of its
+    /// batch is in the kernel) through `nft`.
+    async fn write_nft(
+        &self,
+        changes: &[&Change],
+        desired: &KernelState,
+        state: Option<&str>,
+    ) -> Result<usize, DataplaneError> {
+        if let Some(socket) = &self.nfnl {
+            if let Some(batch) = nfnl::plan(changes, desired, state) {
+                if batch.messages() == 0 {
+                    return Ok(0);
+                }
+                match socket.commit(&batch) {
+                    Ok(()) => {
+                        tracing::debug!(
+                            messages = batch.messages(),
+                            "nftables changes written through the netlink fast path"
+                        );
+                        self.counters
+                            .nft_fast_batches
+                            .fetch_add(1, Ordering::Relaxed);
+                        return Ok(batch.messages());
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "nftables fast path failed; writing through nft instead")
+                    }
+                }
+            }
+        }
+        let maps = &self.maps_in_kernel;
+        let is_map =
+            |id: &TableId, name: &str| Some(maps.contains(&(id.clone(), name.to_string())));
+        let batch = nft::build_transaction(changes, desired, &is_map, state);
+        self.config.nft.apply(&batch).await
+    }
+
+    /// Tell the monitor what is ours now. After a full read it takes a
+    /// copy of the desired routes and addresses; between reads the desired
+    /// state moves only by the changes we make, so it follows those
+    /// instead of copying 20,000 objects for a one-instance change.
+    fn watch(&mut self, desired: &KernelState, changes: &[&Change], links: netlink::Links) {
         let mut watched = self.watched.lock().unwrap_or_else(|p| p.into_inner());
-        watched.routes = desired.routes.clone();
-        watched.addresses = desired.addresses.clone();
+        if std::mem::take(&mut self.watch_from_scratch) {
+            watched.routes = desired.routes.clone();
+            watched.addresses = desired.addresses.clone();
+        } else {
+            for change in changes {
+                match change {
+                    Change::AddRoute { key, spec } | Change::ChangeRoute { key, new: spec, .. } => {
+                        watched.routes.insert(key.clone(), spec.clone());
+                    }
+                    Change::RemoveRoute { key, .. } => {
+                        watched.routes.remove(key);
+                    }
+                    Change::AddAddress(entry) => {
+                        watched.addresses.insert(entry.clone());
+                    }
+                    Change::RemoveAddress(entry) => {
+                        watched.addresses.remove(entry);
+                    }
+                    _ => {}
+                }
+            }
+        }
         watched.links = links;
     }
 }
@@ -157,6 +242,7 @@ impl Dataplane for LinuxDataplane {
             let mut watched = self.watched.lock().unwrap_or_else(|p| p.into_inner());
             watched.links = links;
         }
+        self.watch_from_scratch = true;
         Ok(KernelState {
             routes,
             addresses,
@@ -177,30 +263,22 @@ impl Dataplane for LinuxDataplane {
             ..Default::default()
         };
         let links = netlink::read_links(&self.handle).await?;
-        // Tell the monitor first, so our own writes are not taken for drift.
-        self.watch(desired, links.clone());
-
         let netlink_changes: Vec<&Change> = changes.netlink_changes().collect();
+        // Tell the monitor first, so our own writes are not taken for drift.
+        self.watch(desired, &netlink_changes, links.clone());
+
         let nft_changes: Vec<&Change> = changes.nft_changes().collect();
         let table_added = nft_changes
             .iter()
             .any(|c| matches!(c, Change::AddTable(id) if id.family == Family::Inet));
         let write_state = table_added || self.recorded_state_id.as_deref() != Some(state_id);
-        let maps = &self.maps_in_kernel;
-        let is_map =
-            |id: &TableId, name: &str| Some(maps.contains(&(id.clone(), name.to_string())));
-        let batch = nft::build_transaction(
-            &nft_changes,
-            desired,
-            &is_map,
-            write_state.then_some(state_id),
-        );
+        let state = write_state.then_some(state_id);
         // nft runs as a child process: let it work while this thread
         // drives netlink (neither depends on the other), so a full apply
         // costs about the longer of the two rather than their sum.
         let (netlink_result, nft_result) = tokio::join!(
             netlink::apply(&self.handle, &links, &netlink_changes),
-            self.config.nft.apply(&batch)
+            self.write_nft(&nft_changes, desired, state)
         );
         let (sent, deferred) = netlink_result?;
         self.counters
