@@ -2,6 +2,8 @@
 //!
 //!   cargo bench -p edgenet-agent --bench dataplane            # 1k, 10k
 //!   cargo bench -p edgenet-agent --bench dataplane -- 1000 10000 50000
+//!   cargo bench -p edgenet-agent --bench dataplane -- --dump DIR 10000
+//!   cargo bench -p edgenet-agent --bench dataplane -- --incremental-only 1000 10000 50000
 //!
 //! For each size N: a view with N instances (each with a public IP:
 //! N addresses, N map elements, DNAT and SNAT), N/10 security groups and
@@ -43,14 +45,45 @@ fn main() {
     } else {
         sizes
     };
+    if let Some(dir) = flag_value("--dump") {
+        for n in sizes {
+            dump(n, std::path::Path::new(&dir));
+        }
+        return;
+    }
     println!("dataplane benchmark, sizes {sizes:?} (times are wall clock, one run each)");
     bench_render_diff(10_000);
     if std::env::args().any(|a| a == "--render-only") {
         return;
     }
+    if std::env::args().any(|a| a == "--incremental-only") {
+        for n in sizes {
+            print_incremental(n, None);
+        }
+        return;
+    }
     for n in sizes {
         bench_size(n);
     }
+}
+
+fn flag_value(flag: &str) -> Option<String> {
+    let mut args = std::env::args().skip_while(|a| a != flag);
+    args.next()?;
+    args.next()
+}
+
+/// `--dump DIR`: write the size's ruleset (nft text) and routes and
+/// addresses (`ip -batch`) to DIR, to time `nft` commands against a loaded
+/// table by hand.
+fn dump(n: usize, dir: &std::path::Path) {
+    let desired = render(&view(n), &settings()).desired;
+    std::fs::create_dir_all(dir).unwrap();
+    let ruleset = dir.join(format!("ruleset-{n}.nft"));
+    let batch = dir.join(format!("ip-{n}.batch"));
+    std::fs::write(&ruleset, ruleset_text(&desired)).unwrap();
+    std::fs::write(&batch, ip_batch_text(&desired)).unwrap();
+    println!("wrote {} and {}", ruleset.display(), batch.display());
 }
 
 // ------------------------------------------------------------ the view
@@ -301,18 +334,34 @@ fn bench_size(n: usize) {
         per_exec.as_secs_f64() * full.objects as f64,
         full.objects
     );
-    let (add, remove, resync) = incremental(n);
-    println!(
-        "full read of the applied state (what a resync costs): {:.0} ms",
-        ms(resync)
-    );
-    println!(
-        "incremental: add one instance {:.1} ms ({:.2} % of full), remove one {:.1} ms ({:.2} % of full)",
-        ms(add),
-        100.0 * add.as_secs_f64() / full.ours.as_secs_f64(),
-        ms(remove),
-        100.0 * remove.as_secs_f64() / full.ours.as_secs_f64()
-    );
+    print_incremental(n, Some(full.ours));
+}
+
+/// Incremental add and remove, through the fast path and (the baseline,
+/// same run) through `nft`, as a share of `full` or of the full apply the
+/// incremental run makes first.
+fn print_incremental(n: usize, full: Option<Duration>) {
+    for fast_path in [true, false] {
+        let run = incremental(n, fast_path);
+        let full = full.unwrap_or(run.full);
+        let share = |d: Duration| 100.0 * d.as_secs_f64() / full.as_secs_f64();
+        let path = if fast_path {
+            "fast path"
+        } else {
+            "all through nft"
+        };
+        println!(
+            "incremental, {n} instances, {path}: add one {:.1} ms ({:.2} % of a {:.0} ms full apply; \
+             diff {:.1} ms of it), remove one {:.1} ms ({:.2} %); full read {:.0} ms",
+            ms(run.add),
+            share(run.add),
+            ms(full),
+            ms(run.diff_add),
+            ms(run.remove),
+            share(run.remove),
+            ms(run.resync)
+        );
+    }
 }
 
 fn count_objects(state: &KernelState) -> usize {
@@ -440,23 +489,37 @@ fn per_object_exec(n: usize) -> Duration {
     })
 }
 
+/// What the incremental run measured.
+struct Incremental {
+    full: Duration,
+    add: Duration,
+    /// Of `add`, the diff alone.
+    diff_add: Duration,
+    remove: Duration,
+    resync: Duration,
+}
+
 /// Add one instance to the applied state, then remove it, each as the
 /// agent does it: render, diff against the actual state kept current by
-/// our own writes, apply.
-fn incremental(n: usize) -> (Duration, Duration, Duration) {
+/// our own writes, apply. `fast_path` off sends every change through `nft`
+/// (the baseline for the nfnetlink fast path).
+fn incremental(n: usize, fast_path: bool) -> Incremental {
     let ns = NetNs::fresh("incr");
     ns.run(move || {
         runtime().block_on(async move {
             let config = LinuxConfig {
                 monitor: false,
+                nft_fast_path: fast_path,
                 ..Default::default()
             };
             let mut dp = LinuxDataplane::new(config).unwrap();
             let base_view = view(n);
+            let start = Instant::now();
             let base = render(&base_view, &settings()).desired;
             let mut actual = dp.read().await.unwrap();
             let changes = diff(&actual, &base);
             dp.apply(&changes, &base, "v1-base").await.unwrap();
+            let full = start.elapsed();
             changes.apply_to(&mut actual, &[]);
             let start = Instant::now();
             let read_back = dp.read().await.unwrap();
@@ -472,8 +535,10 @@ fn incremental(n: usize) -> (Duration, Duration, Duration) {
             bigger.instances.push(extra);
 
             let plus = render(&bigger, &settings()).desired;
+            let batches = dp.counters();
             let start = Instant::now();
             let changes = diff(&actual, &plus);
+            let diff_add = start.elapsed();
             dp.apply(&changes, &plus, "v1-plus").await.unwrap();
             let add = start.elapsed();
             changes.apply_to(&mut actual, &[]);
@@ -483,10 +548,19 @@ fn incremental(n: usize) -> (Duration, Duration, Duration) {
             dp.apply(&changes, &base, "v1-base").await.unwrap();
             let remove = start.elapsed();
             changes.apply_to(&mut actual, &[]);
-            let desired = base;
+            let fast_batches = batches
+                .nft_fast_batches
+                .load(std::sync::atomic::Ordering::Relaxed);
+            assert_eq!(fast_batches, if fast_path { 2 } else { 0 });
             let back = dp.read().await.unwrap();
-            assert!(diff(&back, &desired).is_empty());
-            (add, remove, resync)
+            assert!(diff(&back, &base).is_empty());
+            Incremental {
+                full,
+                add,
+                diff_add,
+                remove,
+                resync,
+            }
         })
     })
 }
