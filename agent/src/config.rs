@@ -88,6 +88,9 @@ pub struct DataplaneConfig {
     pub route_protocol: u8,
     pub resync_seconds: u64,
     pub manage_sysctls: bool,
+    /// Write small element and instance-chain changes through the agent's
+    /// own nfnetlink socket rather than `nft` (see DATAPLANE-NOTES.md).
+    pub nft_fast_path: bool,
 }
 
 impl Default for DataplaneConfig {
@@ -96,6 +99,7 @@ impl Default for DataplaneConfig {
             route_protocol: 159,
             resync_seconds: 60,
             manage_sysctls: true,
+            nft_fast_path: true,
         }
     }
 }
@@ -347,6 +351,9 @@ listen = "127.0.0.1:9469"
         let config = Config::from_toml(packaged).unwrap();
         assert_eq!(config.node_id.as_deref(), Some("nc-1"));
         assert!(!config.dataplane.manage_sysctls);
+        assert!(config.dataplane.nft_fast_path);
+        let off = Config::from_toml("[dataplane]\nnft_fast_path = false").unwrap();
+        assert!(!off.dataplane.nft_fast_path);
     }
 
     #[test]

@@ -125,6 +125,7 @@ fn open_dataplane(
             let linux = LinuxConfig {
                 route_protocol: config.dataplane.route_protocol,
                 manage_sysctls: config.dataplane.manage_sysctls,
+                nft_fast_path: config.dataplane.nft_fast_path,
                 monitor: watch_drift,
                 ..LinuxConfig::default()
             };
