@@ -14,6 +14,7 @@ use edgenet_agent::cli::{
 use edgenet_agent::config::{one_line, Config};
 use edgenet_agent::dataplane::linux::{LinuxConfig, LinuxDataplane};
 use edgenet_agent::dataplane::{Dataplane, MemoryDataplane};
+use edgenet_agent::desired::AddressOwnership;
 use edgenet_agent::dryrun::{self, OutputFormat};
 use edgenet_agent::metrics::{self, Metrics};
 use edgenet_agent::poller::{credentials_from_config, Feedback, PollAnswer, Poller, PollerConfig};
@@ -502,21 +503,28 @@ async fn status(args: StatusArgs) -> Result<u8> {
     let mut dataplane = open_dataplane(args.source.dataplane, &config, false)?
         .ok_or_else(|| anyhow!("status needs a dataplane to read"))?;
     let kernel = dataplane.read().await?;
-    let drift = match (&kernel.state_id, config.node_id.as_deref()) {
+    let check = match (&kernel.state_id, config.node_id.as_deref()) {
         (Some(applied), Some(node)) if has_source(&args.source, &config) => {
-            drift_against(&args.source, &config, node, applied, &kernel).await?
+            Some(check_against_view(&args.source, &config, node, applied, &kernel).await?)
         }
         (Some(_), _) => {
             eprintln!("note: drift not computed: it needs the node id and the view (--model FILE or an endpoint)");
-            Vec::new()
+            None
         }
-        (None, _) => Vec::new(),
+        (None, _) => None,
     };
+    let mut objects = kernel.object_counts();
+    if let Some(ownership) = check.as_ref().and_then(|c| c.ownership.as_ref()) {
+        // The kernel read returns every address of the host; the view
+        // says which of them are ours.
+        let ours = kernel.addresses.iter().filter(|a| ownership.owns(a));
+        objects.insert("address", ours.count());
+    }
     let report = StatusReport {
         node: config.node_id.clone(),
         applied_state_id: kernel.state_id.clone(),
-        objects: kernel.object_counts(),
-        drift,
+        objects,
+        drift: check.map(|c| c.drift).unwrap_or_default(),
     };
     let text = match args.output {
         OutputFormat::Json => serde_json::to_string(&report)? + "\n",
@@ -534,25 +542,39 @@ fn has_source(source: &SourceArgs, config: &Config) -> bool {
     source.model.is_some() || !config.endpoints.is_empty()
 }
 
-/// The objects that differ from the applied view, when the view that is
-/// current is the applied one (otherwise the node is behind, not drifted).
-async fn drift_against(
+/// What the current view says of the kernel.
+struct ViewCheck {
+    /// Objects that differ from the view, when the view is the applied
+    /// one (otherwise the node is behind, not drifted).
+    drift: Vec<String>,
+    /// Which addresses are ours (`None` when the view cannot be rendered).
+    ownership: Option<AddressOwnership>,
+}
+
+async fn check_against_view(
     source: &SourceArgs,
     config: &Config,
     node: &str,
     applied: &str,
     kernel: &edgenet_agent::desired::KernelState,
-) -> Result<Vec<String>> {
+) -> Result<ViewCheck> {
     let snapshot = one_snapshot(source, config, node).await?;
+    let planned = dryrun::plan(kernel, &snapshot, &render_settings(config));
     if snapshot.state_id != applied {
         eprintln!(
             "note: applied {applied}, current view is {}: drift not computed",
             snapshot.state_id
         );
-        return Ok(Vec::new());
+        return Ok(ViewCheck {
+            drift: Vec::new(),
+            ownership: planned.ok().map(|(_, desired)| desired.ownership),
+        });
     }
-    let (changes, _) = dryrun::plan(kernel, &snapshot, &render_settings(config))?;
-    Ok(changes.sorted().iter().map(|c| c.named_object()).collect())
+    let (changes, desired) = planned?;
+    Ok(ViewCheck {
+        drift: changes.sorted().iter().map(|c| c.named_object()).collect(),
+        ownership: Some(desired.ownership),
+    })
 }
 
 fn status_text(report: &StatusReport) -> String {

@@ -409,6 +409,23 @@ fn status_reads_the_applied_state_back_from_the_kernel() {
             cloud.expected_state_id(node).unwrap().as_str()
         );
         assert_eq!(status["drift"], serde_json::json!([]), "{node}: {status}");
+        // Ours: the public IPs (host routes on eth0) and the gateways on
+        // br0; not the underlay address nor any link-local one.
+        let global = |dev: &str| {
+            let args = ["-o", "addr", "show", "dev", dev, "scope", "global"];
+            cloud.node(node).exec("ip", &args).unwrap()
+        };
+        let public = global("eth0")
+            .lines()
+            .filter(|l| l.contains("/32 ") || l.contains("/128 "))
+            .count();
+        let gateways = global("br0").lines().count();
+        assert!(public + gateways > 0);
+        assert_eq!(
+            status["objects"]["address"],
+            public + gateways,
+            "{node}: {status}"
+        );
     }
 }
 
