@@ -18,7 +18,7 @@ use edgenet_agent::dataplane::{Dataplane, DataplaneError};
 use edgenet_agent::desired::{DriftKind, Family, KernelState, NftChain, NftRule, Stmt, TableId};
 use edgenet_agent::diff::{diff, Change};
 use edgenet_agent::render::{render, RenderSettings};
-use edgenet_model::NodeView;
+use edgenet_model::{Instance, NodeView};
 use nix::sched::{setns, CloneFlags};
 
 const VIEW: &str = include_str!("../src/dataplane/testdata/view-nc-1.json");
@@ -419,15 +419,22 @@ fn missing_bridge_is_deferred_and_the_rest_applied() {
 /// Two instances on the node's bridge, each in a namespace of its own.
 /// `i-0a1b2c3d` (sg-web: ICMP echo from 10/8) and `i-b` (no group).
 fn view_with_second_instance() -> NodeView {
+    view_with_copy_of_first(|b| {
+        b.id = "i-b".into();
+        b.interface = "vn_i-b".into();
+        b.mac = "d0:0d:00:00:00:0b".into();
+        b.private_ip = "10.1.0.40".into();
+        b.public_ip = None;
+        b.security_groups = None;
+    })
+}
+
+/// The example view plus a copy of its instance, changed by `edit`.
+fn view_with_copy_of_first(edit: impl FnOnce(&mut Instance)) -> NodeView {
     let mut view = view();
-    let mut b = view.instances[0].clone();
-    b.id = "i-b".into();
-    b.interface = "vn_i-b".into();
-    b.mac = "d0:0d:00:00:00:0b".into();
-    b.private_ip = "10.1.0.40".into();
-    b.public_ip = None;
-    b.security_groups = None;
-    view.instances.push(b);
+    let mut copy = view.instances[0].clone();
+    edit(&mut copy);
+    view.instances.push(copy);
     view
 }
 
@@ -545,15 +552,13 @@ EOF");
 
 /// The example view plus `i-c` (sg-web, a public IP, a port on br0).
 fn view_with_instance_c() -> NodeView {
-    let mut view = view();
-    let mut c = view.instances[0].clone();
-    c.id = "i-c".into();
-    c.interface = "vn_i-c".into();
-    c.mac = "d0:0d:00:00:00:0c".into();
-    c.private_ip = "10.1.0.51".into();
-    c.public_ip = Some("203.0.113.6".into());
-    view.instances.push(c);
-    view
+    view_with_copy_of_first(|c| {
+        c.id = "i-c".into();
+        c.interface = "vn_i-c".into();
+        c.mac = "d0:0d:00:00:00:0c".into();
+        c.private_ip = "10.1.0.51".into();
+        c.public_ip = Some("203.0.113.6".into());
+    })
 }
 
 /// How `nft` lists what adding `i-c` writes, object by object.
