@@ -3,6 +3,7 @@
 //! error into one line on stderr with CLI.md's exit codes.
 
 use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -143,16 +144,29 @@ async fn run(args: RunArgs) -> Result<u8> {
     let node = config.require_node()?.to_string();
     check_source(&args.source, &config)?;
     let metrics = Metrics::new();
-    if let Some(addr) = config.metrics.listen {
-        metrics::serve(addr, metrics.clone())
-            .await
-            .map_err(|e| anyhow!("cannot serve metrics on {addr}: {e}"))?;
-    }
+    let metrics_server = match config.metrics.listen {
+        Some(addr) => Some(
+            metrics::serve(addr, metrics.clone())
+                .await
+                .map_err(|e| anyhow!("cannot serve metrics on {addr}: {e}"))?,
+        ),
+        None => None,
+    };
     let (shutdown_tx, shutdown) = watch::channel(false);
     let (reload_tx, reload) = watch::channel(0u64);
     tokio::spawn(handle_signals(shutdown_tx, reload_tx));
+    let (accepted_tx, accepted) = watch::channel(config.clone());
+    tokio::spawn(follow_metrics_config(
+        accepted,
+        metrics_server,
+        metrics.clone(),
+    ));
+    let mut sources =
+        SourceSupervisor::new(args.source.clone(), config.clone(), node.clone(), metrics);
+    sources.metrics_listen_flag = args.metrics_listen;
+    sources.accepted = Some(accepted_tx);
     let wiring = Wiring {
-        sources: SourceSupervisor::new(args.source.clone(), config.clone(), node.clone(), metrics),
+        sources,
         shutdown,
         reload,
     };
@@ -278,13 +292,17 @@ async fn handle_signals(shutdown: watch::Sender<bool>, reload: watch::Sender<u64
 
 /// Runs the snapshot source the configuration names, and restarts it with
 /// the new configuration on SIGHUP (an invalid new file is refused and the
-/// running source kept). `[dataplane]` and `[metrics]` changes need a
-/// restart.
+/// running source kept). `[dataplane]` changes need a restart.
 struct SourceSupervisor {
     args: SourceArgs,
     config: Config,
     node: String,
     metrics: Arc<Metrics>,
+    /// `--metrics-listen`, which outranks the file at every reload too.
+    metrics_listen_flag: Option<SocketAddr>,
+    /// Where each configuration it accepts is published (the metrics
+    /// endpoint follows it).
+    accepted: Option<watch::Sender<Config>>,
 }
 
 impl SourceSupervisor {
@@ -294,6 +312,8 @@ impl SourceSupervisor {
             config,
             node,
             metrics,
+            metrics_listen_flag: None,
+            accepted: None,
         }
     }
 
@@ -326,22 +346,24 @@ impl SourceSupervisor {
             if reload.changed().await.is_err() {
                 return false;
             }
-            let loaded = load_config(&self.args).and_then(|c| {
+            let loaded = load_config(&self.args).and_then(|mut c| {
                 c.require_node()?;
+                if let Some(listen) = self.metrics_listen_flag {
+                    c.metrics.listen = Some(listen);
+                }
                 Ok(c)
             });
             match loaded {
                 Ok(config) if config == self.config => tracing::info!("configuration unchanged"),
                 Ok(config) => {
-                    if config.dataplane != self.config.dataplane
-                        || config.metrics != self.config.metrics
-                    {
-                        tracing::warn!(
-                            "[dataplane] and [metrics] changes take effect at the next restart"
-                        );
+                    if config.dataplane != self.config.dataplane {
+                        tracing::warn!("[dataplane] changes take effect at the next restart");
                     }
                     if let Some(node) = &config.node_id {
                         self.node = node.clone();
+                    }
+                    if let Some(accepted) = &self.accepted {
+                        accepted.send_replace(config.clone());
                     }
                     self.config = config;
                     tracing::info!("configuration reloaded; restarting the source");
@@ -386,6 +408,38 @@ impl SourceSupervisor {
         config.ca_file = self.config.tls.ca_file.clone();
         config
     }
+}
+
+/// Moves the metrics endpoint when a reloaded configuration moves
+/// `[metrics] listen`. A new address that cannot be bound is logged and
+/// the old endpoint kept.
+async fn follow_metrics_config(
+    mut accepted: watch::Receiver<Config>,
+    mut server: Option<metrics::MetricsServer>,
+    metrics: Arc<Metrics>,
+) {
+    let mut serving = accepted.borrow().metrics.listen;
+    while accepted.changed().await.is_ok() {
+        let wanted = accepted.borrow_and_update().metrics.listen;
+        if wanted == serving {
+            continue;
+        }
+        match wanted {
+            None => {
+                server = None;
+                tracing::info!("metrics endpoint closed");
+            }
+            Some(addr) => match metrics::serve(addr, metrics.clone()).await {
+                Ok(new) => server = Some(new),
+                Err(error) => {
+                    tracing::error!(%addr, %error, "cannot serve metrics there; keeping the old endpoint");
+                    continue;
+                }
+            },
+        }
+        serving = wanted;
+    }
+    drop(server);
 }
 
 /// One snapshot: from the model file, or an immediate answer (WaitSeconds=0)

@@ -220,14 +220,20 @@ fn escape(label: &str) -> String {
 
 /// Binds `addr` now (so a bad address fails at start) and serves the
 /// metrics from a background task.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<SocketAddr> {
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<MetricsServer> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     tracing::info!(%local, "serving metrics");
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of file descriptors and the like: do not spin.
+                    tracing::warn!(%error, "metrics: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
             };
             let metrics = metrics.clone();
             tokio::spawn(async move {
@@ -236,7 +242,28 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<S
             });
         }
     });
-    Ok(local)
+    Ok(MetricsServer { local, task })
+}
+
+/// A metrics endpoint being served; dropping it closes the listener (a
+/// reload that moves `[metrics] listen` replaces it).
+#[derive(Debug)]
+pub struct MetricsServer {
+    local: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MetricsServer {
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// A minimal HTTP/1 answer: read the request head, send the metrics.
@@ -301,10 +328,10 @@ mod tests {
     async fn serves_over_http() {
         let metrics = Metrics::new();
         metrics.poll("view");
-        let addr = serve("127.0.0.1:0".parse().unwrap(), metrics)
+        let server = serve("127.0.0.1:0".parse().unwrap(), metrics)
             .await
             .unwrap();
-        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let mut stream = TcpStream::connect(server.local_addr()).await.unwrap();
         stream
             .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
             .await

@@ -462,3 +462,64 @@ fn notifies_systemd() {
         "{messages:?}"
     );
 }
+
+/// A port nobody listens on right now.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// The metrics text served on `port`, or `None` when nothing answers.
+fn scrape(port: u16) -> Option<String> {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < Duration::from_secs(10), "{what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// SIGHUP with a new `[metrics] listen` moves the endpoint there.
+#[test]
+fn sighup_moves_the_metrics_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("edgenetd.toml");
+    let (first, second) = (free_port(), free_port());
+    let with_listen =
+        |port: u16| format!("node_id = \"nc-1\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n");
+    std::fs::write(&config, with_listen(first)).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edgenetd"))
+        .args(["run", "--dataplane", "memory", "--config"])
+        .arg(&config)
+        .arg("--model")
+        .arg(fixture("cloud.json"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("metrics on the first port", || {
+        scrape(first).is_some_and(|t| t.contains("edgenetd_"))
+    });
+    std::fs::write(&config, with_listen(second)).unwrap();
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    wait_until("metrics moved to the second port", || {
+        scrape(second).is_some_and(|t| t.contains("edgenetd_")) && scrape(first).is_none()
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
