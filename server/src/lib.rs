@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod errors;
 pub mod handlers;
+pub mod http1;
 pub mod hub;
 pub mod metrics;
 pub mod model_source;
@@ -20,7 +21,7 @@ use std::time::Duration;
 
 use edgenet_auth::{DevSts, DevStsConfig, KeyStore, KeysError, TokenKey};
 use edgenet_model::ModelIndex;
-use hyper::server::conn::http1;
+use hyper::server::conn::http1 as hyper_http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -197,8 +198,8 @@ fn build_auth(cli: &Cli) -> Result<Auth, StartError> {
     }
 }
 
-fn connection_builder(cli: &Cli) -> http1::Builder {
-    let mut b = http1::Builder::new();
+fn connection_builder(cli: &Cli) -> hyper_http1::Builder {
+    let mut b = hyper_http1::Builder::new();
     b.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(cli.header_read_timeout_seconds.max(1)))
         .max_buf_size(cli.max_header_bytes.max(8192))
@@ -211,7 +212,7 @@ fn connection_builder(cli: &Cli) -> http1::Builder {
 #[derive(Clone)]
 struct Connections {
     state: Arc<AppState>,
-    http: http1::Builder,
+    http: hyper_http1::Builder,
     tls: Option<TlsAcceptor>,
     handshake_timeout: Duration,
 }
