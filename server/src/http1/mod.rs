@@ -387,6 +387,9 @@ async fn fill<T: Transport>(
     }
 }
 
+// Unfinished: no write timeout. A client that stops reading keeps its
+// connection and this answer's buffer until it leaves or the server stops
+// (as with hyper); a parked poll is not affected.
 async fn write_response<T: Transport>(
     io: &mut T,
     response: Response<Bytes>,
