@@ -250,6 +250,45 @@ mod tests {
         ));
     }
 
+    /// Mutations of a real request and plain noise: refused or parsed,
+    /// never a panic, and a parsed head never claims more bytes than it had.
+    #[test]
+    fn noise_never_panics() {
+        let valid = b"POST /x?Action=A HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive, close\r\nExpect: 100-continue\r\n\r\nabc";
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..20_000 {
+            let mut input = if round % 4 == 0 {
+                (0..next() % 200).map(|_| next() as u8).collect()
+            } else {
+                valid.to_vec()
+            };
+            for _ in 0..1 + next() % 4 {
+                if input.is_empty() {
+                    break;
+                }
+                let at = (next() as usize) % input.len();
+                match next() % 3 {
+                    0 => input[at] = next() as u8,
+                    1 => input.truncate(at),
+                    _ => input.insert(
+                        at,
+                        b"\r\n:;, \t\x00\x7f\xff0123456789"[next() as usize % 20],
+                    ),
+                }
+            }
+            if let Ok(Some(h)) = parse(&input, 256) {
+                assert!(h.len <= input.len());
+            }
+            let _ = may_be_complete(&input, (next() as usize) % (input.len() + 1));
+        }
+    }
+
     #[test]
     fn completeness_scan() {
         assert!(may_be_complete(b"GET / HTTP/1.1\r\n\r\n", 0));
