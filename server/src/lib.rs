@@ -221,22 +221,7 @@ async fn serve(
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _peer)) => {
-                    let _ = tcp.set_nodelay(true);
-                    // Separate tasks for plain and TLS connections: one task
-                    // type for both would give every plain connection the
-                    // size of the TLS state (~5 KB instead of ~1 KB).
-                    let (state, http, stop) = (conn.state.clone(), conn.http.clone(), open_rx.clone());
-                    match conn.tls.clone() {
-                        None => {
-                            tokio::spawn(serve_io(state, http, tcp, stop));
-                        }
-                        Some(acceptor) => {
-                            let timeout = conn.handshake_timeout;
-                            tokio::spawn(serve_tls(state, http, tcp, stop, acceptor, timeout));
-                        }
-                    }
-                }
+                Ok((tcp, _peer)) => conn.spawn(tcp, open_rx.clone()),
                 Err(e) => {
                     // Out of file descriptors and the like: back off, keep serving.
                     tracing::warn!(error = %e, "accept failed");
@@ -258,6 +243,25 @@ async fn serve(
         tracing::warn!("shutdown grace time over with connections still open");
     }
     tracing::info!("server stopped");
+}
+
+impl Connections {
+    fn spawn(&self, tcp: TcpStream, stop: watch::Receiver<bool>) {
+        let _ = tcp.set_nodelay(true);
+        let (state, http) = (self.state.clone(), self.http.clone());
+        // Separate tasks for plain and TLS connections: one task type for
+        // both would give every plain connection the size of the TLS state
+        // (~5 KB instead of ~1 KB).
+        match self.tls.clone() {
+            None => {
+                tokio::spawn(serve_io(state, http, tcp, stop));
+            }
+            Some(acceptor) => {
+                let timeout = self.handshake_timeout;
+                tokio::spawn(serve_tls(state, http, tcp, stop, acceptor, timeout));
+            }
+        }
+    }
 }
 
 async fn serve_tls(
