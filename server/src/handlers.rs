@@ -1,7 +1,7 @@
 //! HTTP request handling: routing, authentication, authorization, parameters
 //! (in that order, PROTOCOL.md), the actions, and the answers' wire form.
 
-use std::convert::Infallible;
+use std::future::Future;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -12,10 +12,9 @@ use http::header::{
     HeaderValue, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE, ETAG, RETRY_AFTER, VARY,
 };
 use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 
 use crate::errors::ApiError;
+use crate::http1::{BodyError, RequestBody};
 use crate::hub::{Hub, PollAnswer, PollError};
 use crate::metrics::{AnswerKind, Metrics};
 use crate::model_source::ModelSource;
@@ -34,12 +33,11 @@ pub enum Auth {
     Insecure { sts: Option<DevSts> },
 }
 
-/// Limits on what a client may send.
+/// Limits on what a client may ask for (the body size and read time are
+/// the connection layer's, `http1::Config`).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_wait: Duration,
-    pub max_body_bytes: usize,
-    pub body_read_timeout: Duration,
 }
 
 /// Everything a request handler needs.
@@ -52,7 +50,7 @@ pub struct AppState {
     pub limits: Limits,
 }
 
-type Body = Full<Bytes>;
+type Body = Bytes;
 
 /// What an action answers before it is put on the wire.
 enum Answer {
@@ -67,42 +65,59 @@ enum Answer {
     Json(Vec<u8>),
 }
 
-/// The hyper service function.
-pub async fn handle(
+/// Answers one request; the connection layer has read its body already.
+///
+/// Every check runs before the returned future exists, and the request is
+/// dropped by then: a parked poll's future holds only what the wait needs
+/// (an `async fn` would keep its arguments, the request among them, for its
+/// whole life).
+pub fn handle(
     state: Arc<AppState>,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
+    req: Request<RequestBody>,
+) -> impl Future<Output = Response<Body>> + Send {
     let started = Instant::now();
     let request_id = new_request_id();
-    let (mut response, kind) = route(&state, req, &request_id).await;
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert("x-amzn-requestid", v);
+    let routed = route(&state, req, &request_id);
+    async move {
+        let (mut response, kind) = match routed {
+            Routed::Answered(answered) => *answered,
+            Routed::Poll(ref job, gzip) => poll(&state, job, gzip, &request_id).await,
+        };
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert("x-amzn-requestid", v);
+        }
+        state.metrics.answered(kind, started.elapsed());
+        response
     }
-    state.metrics.answered(kind, started.elapsed());
-    Ok(response)
 }
 
-async fn route(
-    state: &AppState,
-    req: Request<Incoming>,
-    request_id: &str,
-) -> (Response<Body>, AnswerKind) {
+/// A request after its checks.
+enum Routed {
+    /// Boxed: the poll future carries this enum, and a response is big.
+    Answered(Box<(Response<Body>, AnswerKind)>),
+    /// A checked `DescribeNetworkModel`; `true`: the answer may be gzipped.
+    Poll(PollJob, bool),
+}
+
+impl Routed {
+    fn answered(response: Response<Body>, kind: AnswerKind) -> Self {
+        Routed::Answered(Box::new((response, kind)))
+    }
+}
+
+fn route(state: &AppState, req: Request<RequestBody>, request_id: &str) -> Routed {
     let (parts, body) = req.into_parts();
     let query = parts.uri.query().unwrap_or("");
     if parts.method == Method::GET && !query.contains("Action=") {
         match parts.uri.path() {
             "/healthz" => {
-                return (
-                    plain(StatusCode::OK, "text/plain", "ok\n".into()),
-                    AnswerKind::Ok,
-                )
+                let r = plain(StatusCode::OK, "text/plain", "ok\n".into());
+                return Routed::answered(r, AnswerKind::Ok);
             }
             "/metrics" => {
                 let text = state.metrics.render(&state.hub);
-                return (
-                    plain(StatusCode::OK, "text/plain; version=0.0.4", text.into()),
-                    AnswerKind::Ok,
-                );
+                let r = plain(StatusCode::OK, "text/plain; version=0.0.4", text.into());
+                return Routed::answered(r, AnswerKind::Ok);
             }
             _ => {}
         }
@@ -115,11 +130,11 @@ async fn route(
         );
         r.headers_mut()
             .insert(http::header::ALLOW, HeaderValue::from_static("GET, POST"));
-        return (r, AnswerKind::Error);
+        return Routed::answered(r, AnswerKind::Error);
     }
-    let body = match read_body(body, &state.limits).await {
+    let body = match body {
         Ok(b) => b,
-        Err(e) => return (error_response(&e, request_id), AnswerKind::Error),
+        Err(e) => return refused(&body_error(e), request_id),
     };
     let form = (parts.method == Method::POST && is_form(&parts.headers)).then_some(&body[..]);
     let params = Params::parse(query, form);
@@ -131,25 +146,61 @@ async fn route(
         body: &body,
     };
     if params.first_action() == Some("AssumeRole") {
-        return assume_role(state, &signed, request_id);
+        let (r, kind) = assume_role(state, &signed, request_id);
+        return Routed::answered(r, kind);
     }
     let gzip = accepts_gzip(&parts.headers);
-    let step = ec2_action(state, &signed, &params);
-    // A poll may stay parked for a minute: free the request's headers and
-    // parameters first, so a parked poll holds little more than its socket.
-    drop((params, body, parts));
-    let answer = match step {
-        Ok(Step::Done(answer)) => Ok(answer),
-        Ok(Step::Poll(job)) => run_poll(state, job).await,
-        Err(e) => Err(e),
-    };
-    match answer {
-        Ok(answer) => wire(answer, gzip),
-        Err(e) => {
-            tracing::debug!(error = %e, "request refused");
-            (error_response(&e, request_id), AnswerKind::Error)
+    match ec2_action(state, &signed, &params) {
+        Ok(Step::Done(answer)) => {
+            let (r, kind) = wire(answer, gzip);
+            Routed::answered(r, kind)
         }
+        Ok(Step::Poll(job)) => Routed::Poll(job, gzip),
+        Err(e) => refused(&e, request_id),
     }
+}
+
+fn refused(e: &ApiError, request_id: &str) -> Routed {
+    tracing::debug!(error = %e, "request refused");
+    Routed::answered(error_response(e, request_id), AnswerKind::Error)
+}
+
+/// Waits in the hub for the node's view to differ from the client's.
+async fn poll(
+    state: &AppState,
+    job: &PollJob,
+    gzip: bool,
+    request_id: &str,
+) -> (Response<Body>, AnswerKind) {
+    let node = job.node_id.as_str();
+    let answer = state
+        .hub
+        .poll(node, job.state_id.as_deref(), job.wait)
+        .await;
+    let answer = match answer {
+        Ok(PollAnswer::View {
+            state_id,
+            view_json,
+        }) => Answer::View {
+            node_id: node.to_owned(),
+            state_id: state_id.as_str().to_owned(),
+            view_json,
+        },
+        Ok(PollAnswer::NotModified { state_id }) => Answer::NotModified {
+            state_id: state_id.as_str().to_owned(),
+        },
+        Err(e) => {
+            let e = match e {
+                PollError::NodeNotFound => ApiError::NodeNotFound(node.to_owned()),
+                PollError::TooManyParked => ApiError::RequestLimitExceeded {
+                    retry_after_secs: RETRY_AFTER_SECS,
+                },
+            };
+            tracing::debug!(error = %e, "request refused");
+            return (error_response(&e, request_id), AnswerKind::Error);
+        }
+    };
+    wire(answer, gzip)
 }
 
 /// The development STS (its own XML wire format and error codes).
@@ -247,34 +298,6 @@ fn describe_network_model(
     })
 }
 
-/// Waits in the hub for the node's view to differ from the client's.
-async fn run_poll(state: &AppState, job: PollJob) -> Result<Answer, ApiError> {
-    let node = job.node_id;
-    let answer = state
-        .hub
-        .poll(&node, job.state_id.as_deref(), job.wait)
-        .await
-        .map_err(|e| match e {
-            PollError::NodeNotFound => ApiError::NodeNotFound(node.clone()),
-            PollError::TooManyParked => ApiError::RequestLimitExceeded {
-                retry_after_secs: RETRY_AFTER_SECS,
-            },
-        })?;
-    Ok(match answer {
-        PollAnswer::View {
-            state_id,
-            view_json,
-        } => Answer::View {
-            node_id: node,
-            state_id: state_id.as_str().to_owned(),
-            view_json,
-        },
-        PollAnswer::NotModified { state_id } => Answer::NotModified {
-            state_id: state_id.as_str().to_owned(),
-        },
-    })
-}
-
 fn describe_status(
     state: &AppState,
     principal: &Principal,
@@ -295,18 +318,9 @@ fn describe_status(
     )))
 }
 
-async fn read_body(body: Incoming, limits: &Limits) -> Result<Bytes, ApiError> {
-    let limited = Limited::new(body, limits.max_body_bytes);
-    match tokio::time::timeout(limits.body_read_timeout, limited.collect()).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) => Err(ApiError::InvalidParameterValue(format!(
-            "request body unreadable or larger than {} bytes: {e}",
-            limits.max_body_bytes
-        ))),
-        Err(_) => Err(ApiError::InvalidParameterValue(
-            "request body not received in time".into(),
-        )),
-    }
+/// A body the connection layer refused is the client's error (400).
+fn body_error(e: BodyError) -> ApiError {
+    ApiError::InvalidParameterValue(e.to_string())
 }
 
 fn is_form(headers: &HeaderMap) -> bool {
@@ -353,7 +367,7 @@ fn wire(answer: Answer, gzip: bool) -> (Response<Body>, AnswerKind) {
             (r, AnswerKind::Ok)
         }
         Answer::NotModified { state_id } => {
-            let mut r = Response::new(Body::default());
+            let mut r = Response::new(Body::new());
             *r.status_mut() = StatusCode::NOT_MODIFIED;
             set_etag(&mut r, &state_id);
             (r, AnswerKind::NotModified)
@@ -389,7 +403,7 @@ fn json_response(status: StatusCode, body: Vec<u8>, gzip: bool) -> Response<Body
     } else {
         (body, false)
     };
-    let mut r = Response::new(Body::new(body.into()));
+    let mut r = Response::new(Body::from(body));
     *r.status_mut() = status;
     let h = r.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -429,7 +443,7 @@ fn error_response(e: &ApiError, request_id: &str) -> Response<Body> {
 }
 
 fn xml(status: u16, body: String) -> Response<Body> {
-    let mut r = Response::new(Body::new(body.into()));
+    let mut r = Response::new(Body::from(body));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("text/xml"));
@@ -437,7 +451,7 @@ fn xml(status: u16, body: String) -> Response<Body> {
 }
 
 fn plain(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Body> {
-    let mut r = Response::new(Body::new(body));
+    let mut r = Response::new(body);
     *r.status_mut() = status;
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));

@@ -9,7 +9,7 @@
 //! woken by it: no poll can park on a stale id.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
@@ -66,7 +66,7 @@ pub struct Hub {
     parked: AtomicUsize,
     max_parked: usize,
     wakeups: AtomicU64,
-    shutdown: watch::Sender<bool>,
+    shutdown: AtomicBool,
 }
 
 /// Holds one of the `max_parked` slots while a poll is parked.
@@ -87,7 +87,7 @@ impl Hub {
             parked: AtomicUsize::new(0),
             max_parked,
             wakeups: AtomicU64::new(0),
-            shutdown: watch::Sender::new(false),
+            shutdown: AtomicBool::new(false),
         }
     }
 
@@ -157,12 +157,22 @@ impl Hub {
     }
 
     /// Answers all parked polls with `304` and every later one at once.
+    ///
+    /// Parked polls are woken through their nodes' watches, not a shutdown
+    /// channel of their own: that would add a receiver and a waiting future
+    /// (~140 B) to every one of thousands of parked polls.
     pub fn shut_down(&self) {
-        self.shutdown.send_replace(true);
+        self.shutdown.store(true, Ordering::SeqCst);
+        // The flag is set before the lock is taken: a poll that subscribes
+        // after this wake-up sees the flag, one subscribed before is woken.
+        let watches = lock(&self.watches);
+        for tx in watches.values() {
+            tx.send_modify(|_| {});
+        }
     }
 
     pub fn is_shutting_down(&self) -> bool {
-        *self.shutdown.borrow()
+        self.shutdown.load(Ordering::SeqCst)
     }
 
     /// One `DescribeNetworkModel` poll: the view at once when the client's
@@ -175,12 +185,11 @@ impl Hub {
         wait: Duration,
     ) -> Result<PollAnswer, PollError> {
         let mut changes = self.subscribe(node)?;
-        let mut stop = self.shutdown.subscribe();
         let current = match self.compare(node, client_state)? {
             Compared::Changed(answer) => return Ok(answer),
             Compared::Same(current) => current,
         };
-        if wait.is_zero() || *stop.borrow_and_update() {
+        if wait.is_zero() || self.is_shutting_down() {
             return Ok(PollAnswer::NotModified { state_id: current });
         }
         let _slot = self.reserve_park_slot()?;
@@ -189,8 +198,12 @@ impl Hub {
             tokio::select! {
                 changed = changes.changed() => {
                     self.wakeups.fetch_add(1, Ordering::Relaxed);
+                    // Stopping answers now too, with the new view if one is due.
                     if let Compared::Changed(answer) = self.compare(node, client_state)? {
                         return Ok(answer);
+                    }
+                    if self.is_shutting_down() {
+                        return Ok(PollAnswer::NotModified { state_id: current });
                     }
                     if changed.is_err() {
                         // The channel was dropped with no change for us
@@ -200,14 +213,6 @@ impl Hub {
                 }
                 _ = tokio::time::sleep_until(deadline) => {
                     return Ok(PollAnswer::NotModified { state_id: current });
-                }
-                _ = stop.changed() => {
-                    // Stopping: answer now, with the new view if one is due.
-                    self.wakeups.fetch_add(1, Ordering::Relaxed);
-                    return match self.compare(node, client_state)? {
-                        Compared::Changed(answer) => Ok(answer),
-                        Compared::Same(_) => Ok(PollAnswer::NotModified { state_id: current }),
-                    };
                 }
             }
         }
@@ -420,6 +425,22 @@ mod tests {
             // Those that hold the last id stay parked: release them.
             hub.shut_down();
         }
+    }
+
+    #[tokio::test]
+    async fn after_shut_down_a_poll_answers_at_once() {
+        let hub = hub(&THREE);
+        hub.shut_down();
+        let current = id(&hub, "nc-2");
+        let wait = Duration::from_secs(30);
+        let answer = tokio::time::timeout(
+            Duration::from_secs(1),
+            hub.poll("nc-2", Some(&current), wait),
+        )
+        .await
+        .expect("not parked");
+        assert!(matches!(answer, Ok(PollAnswer::NotModified { .. })));
+        assert_eq!(hub.parked(), 0);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod errors;
 pub mod handlers;
+pub mod http1;
 pub mod hub;
 pub mod metrics;
 pub mod model_source;
@@ -20,10 +21,6 @@ use std::time::Duration;
 
 use edgenet_auth::{DevSts, DevStsConfig, KeyStore, KeysError, TokenKey};
 use edgenet_model::ModelIndex;
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -119,8 +116,6 @@ pub async fn start(cli: &Cli) -> Result<Server, StartError> {
         auth,
         limits: Limits {
             max_wait: Duration::from_secs(cli.max_wait_seconds),
-            max_body_bytes: cli.max_body_bytes,
-            body_read_timeout: Duration::from_secs(cli.header_read_timeout_seconds.max(1)),
         },
     });
     let (stop, stop_rx) = watch::channel(false);
@@ -130,10 +125,9 @@ pub async fn start(cli: &Cli) -> Result<Server, StartError> {
             tracing::error!(error = %e, "model file watch stopped");
         }
     });
-    let http = connection_builder(cli);
     let conn = Connections {
         state: state.clone(),
-        http,
+        http: Arc::new(http_config(cli)),
         tls: tls.clone(),
         handshake_timeout: Duration::from_secs(cli.header_read_timeout_seconds.max(1)),
     };
@@ -197,21 +191,20 @@ fn build_auth(cli: &Cli) -> Result<Auth, StartError> {
     }
 }
 
-fn connection_builder(cli: &Cli) -> http1::Builder {
-    let mut b = http1::Builder::new();
-    b.timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(cli.header_read_timeout_seconds.max(1)))
-        .max_buf_size(cli.max_header_bytes.max(8192))
-        .max_headers(64)
-        .keep_alive(true);
-    b
+fn http_config(cli: &Cli) -> http1::Config {
+    let timeout = Duration::from_secs(cli.header_read_timeout_seconds.max(1));
+    http1::Config {
+        max_head_bytes: cli.max_header_bytes,
+        head_timeout: timeout,
+        max_body_bytes: cli.max_body_bytes,
+        body_timeout: timeout,
+    }
 }
 
 /// How accepted connections are served.
-#[derive(Clone)]
 struct Connections {
     state: Arc<AppState>,
-    http: http1::Builder,
+    http: Arc<http1::Config>,
     tls: Option<TlsAcceptor>,
     handshake_timeout: Duration,
 }
@@ -222,24 +215,13 @@ async fn serve(
     mut stop: watch::Receiver<bool>,
     grace: Duration,
 ) {
-    let graceful = GracefulShutdown::new();
+    // Every connection holds a receiver: `true` tells it to finish, and the
+    // sender's `closed()` is the moment the last one has.
+    let (open, open_rx) = watch::channel(false);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _peer)) => {
-                    let _ = tcp.set_nodelay(true);
-                    // Separate tasks for plain and TLS connections: one task
-                    // type for both would give every plain connection the
-                    // size of the TLS state (~5 KB instead of ~1 KB).
-                    match conn.tls.clone() {
-                        None => {
-                            tokio::spawn(conn.clone().serve_io(tcp, graceful.watcher()));
-                        }
-                        Some(acceptor) => {
-                            tokio::spawn(conn.clone().serve_tls(tcp, acceptor, graceful.watcher()));
-                        }
-                    }
-                }
+                Ok((tcp, _peer)) => conn.spawn(tcp, open_rx.clone()),
                 Err(e) => {
                     // Out of file descriptors and the like: back off, keep serving.
                     tracing::warn!(error = %e, "accept failed");
@@ -255,33 +237,58 @@ async fn serve(
         "shutting down: answering parked polls 304"
     );
     conn.state.hub.shut_down();
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    open.send_replace(true);
+    drop(open_rx);
+    if tokio::time::timeout(grace, open.closed()).await.is_err() {
         tracing::warn!("shutdown grace time over with connections still open");
     }
     tracing::info!("server stopped");
 }
 
 impl Connections {
-    async fn serve_tls(self, tcp: TcpStream, acceptor: TlsAcceptor, watcher: Watcher) {
-        match tokio::time::timeout(self.handshake_timeout, acceptor.accept(tcp)).await {
-            Ok(Ok(tls)) => self.serve_io(tls, watcher).await,
-            Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-            Err(_) => tracing::debug!("TLS handshake timed out"),
+    fn spawn(&self, tcp: TcpStream, stop: watch::Receiver<bool>) {
+        let _ = tcp.set_nodelay(true);
+        let (state, http) = (self.state.clone(), self.http.clone());
+        // Separate tasks for plain and TLS connections: one task type for
+        // both would give every plain connection the size of the TLS state
+        // (~5 KB instead of ~1 KB).
+        match self.tls.clone() {
+            None => {
+                tokio::spawn(serve_io(state, http, tcp, stop));
+            }
+            Some(acceptor) => {
+                let timeout = self.handshake_timeout;
+                tokio::spawn(serve_tls(state, http, tcp, stop, acceptor, timeout));
+            }
         }
     }
+}
 
-    async fn serve_io<I>(self, io: I, watcher: Watcher)
-    where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let state = self.state.clone();
-        let service = hyper::service::service_fn(move |req| handlers::handle(state.clone(), req));
-        let conn = self.http.serve_connection(TokioIo::new(io), service);
-        if let Err(e) = watcher.watch(conn).await {
-            tracing::debug!(error = %e, "connection ended with an error");
-        }
+async fn serve_tls(
+    state: Arc<AppState>,
+    http: Arc<http1::Config>,
+    tcp: TcpStream,
+    stop: watch::Receiver<bool>,
+    acceptor: TlsAcceptor,
+    handshake_timeout: Duration,
+) {
+    match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => serve_io(state, http, tls, stop).await,
+        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!("TLS handshake timed out"),
+    }
+}
+
+async fn serve_io<I: http1::Transport>(
+    state: Arc<AppState>,
+    http: Arc<http1::Config>,
+    io: I,
+    stop: watch::Receiver<bool>,
+) {
+    let service = |req| handlers::handle(state.clone(), req);
+    match http1::serve_connection(io, http, stop, service).await {
+        Err(e @ http1::ConnError::HandlerPanicked) => tracing::error!(error = %e, "answered 500"),
+        Err(e) => tracing::debug!(error = %e, "connection ended with an error"),
+        Ok(()) => {}
     }
 }

@@ -1,0 +1,300 @@
+//! Request heads: httparse does the parsing; this file turns its borrowed
+//! result into an owned `http::Request<()>` and decides the body framing and
+//! keep-alive, the way RFC 9112 section 6.3 orders them.
+
+use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
+
+use super::ConnError;
+
+/// More headers than this is 431, as hyper did; agents send about a dozen.
+pub const MAX_HEADERS: usize = 64;
+
+/// How the request body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    Length(u64),
+    Chunked,
+}
+
+/// A complete, checked request head.
+#[derive(Debug)]
+pub struct Head {
+    pub request: Request<()>,
+    /// Bytes of the buffer the head took, request line to the blank line.
+    pub len: usize,
+    pub framing: Framing,
+    pub keep_alive: bool,
+    pub expect_continue: bool,
+}
+
+/// True once `buf` holds a blank line: only then is a full parse worth it.
+/// `scanned` is how much of `buf` an earlier call already searched, so a
+/// client trickling one byte at a time costs linear, not quadratic, time.
+pub fn may_be_complete(buf: &[u8], scanned: usize) -> bool {
+    let from = scanned.saturating_sub(3);
+    buf[from..]
+        .windows(2)
+        .enumerate()
+        .any(|(i, w)| w == b"\n\n" || (w == b"\n\r" && buf.get(from + i + 2) == Some(&b'\n')))
+}
+
+/// Parses the head at the start of `buf`: `Ok(None)` while it is incomplete.
+pub fn parse(buf: &[u8], max_head_bytes: usize) -> Result<Option<Head>, ConnError> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut slots);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(ConnError::TooManyHeaders(MAX_HEADERS)),
+        Err(e) => return Err(ConnError::BadHead(e.to_string())),
+    };
+    if len > max_head_bytes {
+        return Err(ConnError::HeadTooLarge(max_head_bytes));
+    }
+    let (method, path, minor) = match (req.method, req.path, req.version) {
+        (Some(m), Some(p), Some(v)) => (m, p, v),
+        _ => return Err(ConnError::BadHead("incomplete request line".into())),
+    };
+    let version = if minor == 1 {
+        Version::HTTP_11
+    } else {
+        Version::HTTP_10
+    };
+    let headers = owned_headers(req.headers)?;
+    let meaning = Meaning::of(&headers, version)?;
+    let mut request = Request::new(());
+    *request.method_mut() =
+        Method::from_bytes(method.as_bytes()).map_err(|e| ConnError::BadHead(e.to_string()))?;
+    *request.uri_mut() = path
+        .parse::<Uri>()
+        .map_err(|e| ConnError::BadHead(format!("request target: {e}")))?;
+    *request.version_mut() = version;
+    *request.headers_mut() = headers;
+    Ok(Some(Head {
+        request,
+        len,
+        framing: meaning.framing,
+        keep_alive: meaning.keep_alive,
+        expect_continue: meaning.expect_continue,
+    }))
+}
+
+fn owned_headers(parsed: &[httparse::Header<'_>]) -> Result<HeaderMap, ConnError> {
+    let mut headers = HeaderMap::with_capacity(parsed.len());
+    for h in parsed {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| ConnError::BadHead(format!("header name {:?}", h.name)))?;
+        let value = HeaderValue::from_bytes(h.value)
+            .map_err(|_| ConnError::BadHead(format!("value of header {}", h.name)))?;
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
+
+/// What the framing headers say.
+struct Meaning {
+    framing: Framing,
+    keep_alive: bool,
+    expect_continue: bool,
+}
+
+impl Meaning {
+    fn of(headers: &HeaderMap, version: Version) -> Result<Meaning, ConnError> {
+        let http11 = version == Version::HTTP_11;
+        let mut keep_alive = if http11 {
+            !has_token(headers, CONNECTION, "close")
+        } else {
+            has_token(headers, CONNECTION, "keep-alive") && !has_token(headers, CONNECTION, "close")
+        };
+        let framing = if headers.contains_key(TRANSFER_ENCODING) {
+            if !http11 {
+                return Err(ConnError::BadFraming("Transfer-Encoding in HTTP/1.0"));
+            }
+            if !last_coding_is_chunked(headers) {
+                return Err(ConnError::BadFraming(
+                    "Transfer-Encoding other than chunked",
+                ));
+            }
+            // Both headers is how request smuggling starts: ignore the length
+            // (RFC 9112 6.3) and do not reuse the connection.
+            if headers.contains_key(CONTENT_LENGTH) {
+                keep_alive = false;
+            }
+            Framing::Chunked
+        } else {
+            Framing::Length(content_length(headers)?)
+        };
+        let expect_continue = http11
+            && headers
+                .get(EXPECT)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        Ok(Meaning {
+            framing,
+            keep_alive,
+            expect_continue,
+        })
+    }
+}
+
+/// Every `Content-Length` value (and every item of a comma list) must be the
+/// same number; anything else would let two parsers disagree on the body.
+fn content_length(headers: &HeaderMap) -> Result<u64, ConnError> {
+    let mut length = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        let text = value
+            .to_str()
+            .map_err(|_| ConnError::BadFraming("Content-Length"))?;
+        for item in text.split(',') {
+            let item = item.trim();
+            if item.is_empty() || item.len() > 19 || !item.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(ConnError::BadFraming("Content-Length"));
+            }
+            let n: u64 = item
+                .parse()
+                .map_err(|_| ConnError::BadFraming("Content-Length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(ConnError::BadFraming("conflicting Content-Length values"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length.unwrap_or(0))
+}
+
+fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
+    let last = headers
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .rfind(|c| !c.is_empty());
+    last.is_some_and(|c| c.eq_ignore_ascii_case("chunked"))
+}
+
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(text: &str) -> Result<Option<Head>, ConnError> {
+        parse(text.as_bytes(), 16 * 1024)
+    }
+
+    #[test]
+    fn a_plain_get() {
+        let h = head("GET /a?b=c HTTP/1.1\r\nHost: x\r\n\r\nrest")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.request.uri().query(), Some("b=c"));
+        assert_eq!(h.len, "GET /a?b=c HTTP/1.1\r\nHost: x\r\n\r\n".len());
+        assert_eq!(h.framing, Framing::Length(0));
+        assert!(h.keep_alive);
+    }
+
+    #[test]
+    fn keep_alive_rules() {
+        let ka = |t: &str| head(t).unwrap().unwrap().keep_alive;
+        assert!(!ka("GET / HTTP/1.1\r\nConnection: Close\r\n\r\n"));
+        assert!(!ka("GET / HTTP/1.0\r\n\r\n"));
+        assert!(ka("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"));
+        assert!(!ka(
+            "GET / HTTP/1.1\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n"
+        ));
+    }
+
+    #[test]
+    fn framing_rules() {
+        let f = |t: &str| head(t).map(|h| h.unwrap().framing);
+        assert_eq!(
+            f("POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n").unwrap(),
+            Framing::Length(5)
+        );
+        assert!(f("POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n").is_err());
+        assert!(f("POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n").is_err());
+        assert!(f("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n").is_err());
+        assert!(f("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n").is_err());
+        let both =
+            head("POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .unwrap()
+                .unwrap();
+        assert_eq!(both.framing, Framing::Chunked);
+        assert!(!both.keep_alive);
+    }
+
+    #[test]
+    fn partial_large_and_garbage() {
+        assert!(head("GET / HTTP/1.1\r\nHost: x\r\n").unwrap().is_none());
+        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "y".repeat(100));
+        assert!(matches!(
+            parse(big.as_bytes(), 64),
+            Err(ConnError::HeadTooLarge(64))
+        ));
+        let many: String = (0..70).map(|i| format!("X-{i}: 1\r\n")).collect();
+        assert!(matches!(
+            head(&format!("GET / HTTP/1.1\r\n{many}\r\n")),
+            Err(ConnError::TooManyHeaders(_))
+        ));
+        assert!(matches!(
+            head("\x00\x01GARBAGE \u{ff}\r\n\r\n"),
+            Err(ConnError::BadHead(_))
+        ));
+    }
+
+    /// Mutations of a real request and plain noise: refused or parsed,
+    /// never a panic, and a parsed head never claims more bytes than it had.
+    #[test]
+    fn noise_never_panics() {
+        let valid = b"POST /x?Action=A HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive, close\r\nExpect: 100-continue\r\n\r\nabc";
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..20_000 {
+            let mut input = if round % 4 == 0 {
+                (0..next() % 200).map(|_| next() as u8).collect()
+            } else {
+                valid.to_vec()
+            };
+            for _ in 0..1 + next() % 4 {
+                if input.is_empty() {
+                    break;
+                }
+                let at = (next() as usize) % input.len();
+                match next() % 3 {
+                    0 => input[at] = next() as u8,
+                    1 => input.truncate(at),
+                    _ => input.insert(
+                        at,
+                        b"\r\n:;, \t\x00\x7f\xff0123456789"[next() as usize % 20],
+                    ),
+                }
+            }
+            if let Ok(Some(h)) = parse(&input, 256) {
+                assert!(h.len <= input.len());
+            }
+            let _ = may_be_complete(&input, (next() as usize) % (input.len() + 1));
+        }
+    }
+
+    #[test]
+    fn completeness_scan() {
+        assert!(may_be_complete(b"GET / HTTP/1.1\r\n\r\n", 0));
+        assert!(may_be_complete(b"GET / HTTP/1.1\n\n", 0));
+        assert!(!may_be_complete(b"GET / HTTP/1.1\r\nHost: x\r\n", 0));
+        // The blank line straddles two reads.
+        assert!(may_be_complete(b"GET / HTTP/1.1\r\n\r\n", 16));
+    }
+}
