@@ -161,13 +161,7 @@ mod tests {
     #[test]
     fn noise_never_panics() {
         let valid = b"4\r\nWiki\r\n5;e=1\r\npedia\r\n0\r\nT: 1\r\n\r\n";
-        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::http1::xorshift(0x2545_f491_4f6c_dd1d_u64);
         for _ in 0..20_000 {
             let mut input = valid.to_vec();
             for _ in 0..1 + next() % 3 {

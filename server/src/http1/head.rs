@@ -255,13 +255,7 @@ mod tests {
     #[test]
     fn noise_never_panics() {
         let valid = b"POST /x?Action=A HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive, close\r\nExpect: 100-continue\r\n\r\nabc";
-        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::http1::xorshift(0x9e37_79b9_7f4a_7c15_u64);
         for round in 0..20_000 {
             let mut input = if round % 4 == 0 {
                 (0..next() % 200).map(|_| next() as u8).collect()

@@ -474,3 +474,14 @@ impl<T: Transport, F: Future> Future for Respond<'_, T, F> {
         Poll::Pending
     }
 }
+
+/// A small deterministic pseudo-random source for the noise tests.
+#[cfg(test)]
+pub(crate) fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+    move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    }
+}
