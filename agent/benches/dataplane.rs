@@ -255,7 +255,8 @@ fn bench_render_diff(n: usize) {
     let (render_time, rendered) = best_of(|| render(&v, &settings()));
     let again = render(&v, &settings()).desired;
     let (diff_same, same) = best_of(|| diff(&rendered.desired, &again));
-    let (diff_empty, all) = best_of(|| diff(&KernelState::default(), &rendered.desired));
+    let empty = KernelState::default();
+    let (diff_empty, all) = best_of(|| diff(&empty, &rendered.desired));
     assert!(same.is_empty());
     println!(
         "render+diff {n} instances (best of 5): render {:.1} ms, diff (no change) {:.1} ms, \
@@ -454,10 +455,11 @@ fn incremental(n: usize) -> (Duration, Duration, Duration) {
             let mut dp = LinuxDataplane::new(config).unwrap();
             let base_view = view(n);
             let base = render(&base_view, &settings()).desired;
-            let mut actual = dp.read().await.unwrap();
-            let changes = diff(&actual, &base);
+            let empty = dp.read().await.unwrap();
+            let changes = diff(&empty, &base);
             dp.apply(&changes, &base, "v1-base").await.unwrap();
-            changes.apply_to(&mut actual, &[]);
+            // As the agent does: after an apply, the kernel is the desired state.
+            let actual = base.clone();
             let start = Instant::now();
             let read_back = dp.read().await.unwrap();
             let resync = start.elapsed();
@@ -476,13 +478,14 @@ fn incremental(n: usize) -> (Duration, Duration, Duration) {
             let changes = diff(&actual, &plus);
             dp.apply(&changes, &plus, "v1-plus").await.unwrap();
             let add = start.elapsed();
-            changes.apply_to(&mut actual, &[]);
+            drop(changes);
+            let actual = plus;
 
             let start = Instant::now();
             let changes = diff(&actual, &base);
             dp.apply(&changes, &base, "v1-base").await.unwrap();
             let remove = start.elapsed();
-            changes.apply_to(&mut actual, &[]);
+            drop(changes);
             let desired = base;
             let back = dp.read().await.unwrap();
             assert!(diff(&back, &desired).is_empty());

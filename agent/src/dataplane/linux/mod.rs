@@ -166,12 +166,12 @@ impl Dataplane for LinuxDataplane {
         })
     }
 
-    async fn apply(
+    async fn apply<'a>(
         &mut self,
-        changes: &ChangeSet,
+        changes: &ChangeSet<'a>,
         desired: &KernelState,
         state_id: &str,
-    ) -> Result<ApplyReport, DataplaneError> {
+    ) -> Result<ApplyReport<'a>, DataplaneError> {
         let mut report = ApplyReport {
             sysctl_notes: sysctl::ensure(self.config.manage_sysctls)?,
             ..Default::default()
@@ -229,10 +229,12 @@ impl Dataplane for LinuxDataplane {
                 for change in &nft_changes {
                     match change {
                         Change::AddSet { table, name, set } if set.is_map() => {
-                            self.maps_in_kernel.insert((table.clone(), name.clone()));
+                            self.maps_in_kernel
+                                .insert((TableId::clone(table), name.to_string()));
                         }
                         Change::RemoveSet { table, name } => {
-                            self.maps_in_kernel.remove(&(table.clone(), name.clone()));
+                            self.maps_in_kernel
+                                .remove(&(TableId::clone(table), name.to_string()));
                         }
                         _ => {}
                     }

@@ -1277,19 +1277,26 @@ mod tests {
             statements: vec![Stmt::Accept],
             handle: None,
         };
+        let (name, set, key, value) = (
+            "in_x".to_string(),
+            "instances".to_string(),
+            "10.1.0.33".to_string(),
+            Some("jump in_x".to_string()),
+        );
+        let chain = NftChain {
+            base: None,
+            rules: vec![rule(1), rule(2)],
+        };
         let add_chain = Change::AddChain {
-            table: table.clone(),
-            name: "in_x".into(),
-            chain: NftChain {
-                base: None,
-                rules: vec![rule(1), rule(2)],
-            },
+            table: &table,
+            name: &name,
+            chain: &chain,
         };
         let add_element = Change::AddElement {
-            table: table.clone(),
-            set: "instances".into(),
-            key: "10.1.0.33".into(),
-            value: Some("jump in_x".into()),
+            table: &table,
+            set: &set,
+            key: &key,
+            value: &value,
         };
         let transaction = build_transaction(
             &[&add_chain, &add_element],
