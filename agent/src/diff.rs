@@ -473,18 +473,43 @@ fn apply_change(state: &mut KernelState, change: &Change) {
 /// Addresses are removed only where `desired.ownership` owns them; routes
 /// and tables in `actual` are ours by construction (the read filters them).
 pub fn diff<'a>(actual: &'a KernelState, desired: &'a KernelState) -> ChangeSet<'a> {
-    let mut changes = Vec::new();
-    diff_routes(actual, desired, &mut changes);
-    diff_addresses(actual, desired, &mut changes);
-    diff_tables(actual, desired, &mut changes);
+    let mut count = Count(0);
+    walk(actual, desired, &mut count);
+    let mut changes = Vec::with_capacity(count.0);
+    walk(actual, desired, &mut changes);
     ChangeSet { changes }
 }
 
-fn diff_routes<'a>(
-    actual: &'a KernelState,
-    desired: &'a KernelState,
-    changes: &mut Vec<Change<'a>>,
-) {
+/// Where the diff's walk puts its changes. The walk runs twice, counting
+/// and then pushing into a vector of exactly that size: a vector grown by
+/// doubling held up to 6 MiB for 80,000 changes (48 bytes each), with both
+/// the old and the new buffer alive as it grew, at the apply's peak; the
+/// second walk costs ~0.5 ms.
+trait Sink<'a> {
+    fn push(&mut self, change: Change<'a>);
+}
+
+impl<'a> Sink<'a> for Vec<Change<'a>> {
+    fn push(&mut self, change: Change<'a>) {
+        Vec::push(self, change);
+    }
+}
+
+struct Count(usize);
+
+impl<'a> Sink<'a> for Count {
+    fn push(&mut self, _: Change<'a>) {
+        self.0 += 1;
+    }
+}
+
+fn walk<'a>(actual: &'a KernelState, desired: &'a KernelState, changes: &mut impl Sink<'a>) {
+    diff_routes(actual, desired, changes);
+    diff_addresses(actual, desired, changes);
+    diff_tables(actual, desired, changes);
+}
+
+fn diff_routes<'a>(actual: &'a KernelState, desired: &'a KernelState, changes: &mut impl Sink<'a>) {
     for (key, new) in &desired.routes {
         match actual.routes.get(key) {
             None => changes.push(Change::AddRoute { key, spec: new }),
@@ -504,7 +529,7 @@ fn diff_routes<'a>(
 fn diff_addresses<'a>(
     actual: &'a KernelState,
     desired: &'a KernelState,
-    changes: &mut Vec<Change<'a>>,
+    changes: &mut impl Sink<'a>,
 ) {
     for entry in desired.addresses.difference(&actual.addresses) {
         changes.push(Change::AddAddress(entry));
@@ -516,11 +541,7 @@ fn diff_addresses<'a>(
     }
 }
 
-fn diff_tables<'a>(
-    actual: &'a KernelState,
-    desired: &'a KernelState,
-    changes: &mut Vec<Change<'a>>,
-) {
+fn diff_tables<'a>(actual: &'a KernelState, desired: &'a KernelState, changes: &mut impl Sink<'a>) {
     for side in merge_join(&actual.tables, &desired.tables) {
         match side {
             Side::Want(id, want) => {
@@ -548,7 +569,7 @@ fn diff_table<'a>(
     id: &'a TableId,
     have: &'a NftTable,
     want: &'a NftTable,
-    changes: &mut Vec<Change<'a>>,
+    changes: &mut impl Sink<'a>,
 ) {
     diff_sets(id, have, want, changes);
     diff_chains(id, have, want, changes);
@@ -561,7 +582,7 @@ fn diff_sets<'a>(
     table: &'a TableId,
     have: &'a NftTable,
     want: &'a NftTable,
-    changes: &mut Vec<Change<'a>>,
+    changes: &mut impl Sink<'a>,
 ) {
     for (name, set) in &want.sets {
         let existing = match have.sets.get(name) {
@@ -593,7 +614,7 @@ fn diff_elements<'a>(
     set: &'a String,
     have: &'a Elements,
     want: &'a Elements,
-    changes: &mut Vec<Change<'a>>,
+    changes: &mut impl Sink<'a>,
 ) {
     for side in merge_join(have, want) {
         match side {
@@ -655,7 +676,7 @@ fn diff_chains<'a>(
     table: &'a TableId,
     have: &'a NftTable,
     want: &'a NftTable,
-    changes: &mut Vec<Change<'a>>,
+    changes: &mut impl Sink<'a>,
 ) {
     for side in merge_join(&have.chains, &want.chains) {
         match side {
