@@ -89,22 +89,22 @@ pub enum Change<'a> {
     AddElement {
         table: &'a TableId,
         set: &'a String,
-        key: &'a String,
-        value: &'a Option<String>,
+        key: &'a ElemText,
+        value: &'a Option<ElemText>,
     },
     /// A map element whose value changed: deleted and added again.
     ChangeElement {
         table: &'a TableId,
         set: &'a String,
-        key: &'a String,
-        old: &'a Option<String>,
-        new: &'a Option<String>,
+        key: &'a ElemText,
+        old: &'a Option<ElemText>,
+        new: &'a Option<ElemText>,
     },
     RemoveElement {
         table: &'a TableId,
         set: &'a String,
-        key: &'a String,
-        value: &'a Option<String>,
+        key: &'a ElemText,
+        value: &'a Option<ElemText>,
     },
 }
 
@@ -607,7 +607,7 @@ fn diff_sets<'a>(
     }
 }
 
-type Elements = BTreeMap<String, Option<String>>;
+type Elements = BTreeMap<ElemText, Option<ElemText>>;
 
 fn diff_elements<'a>(
     table: &'a TableId,
