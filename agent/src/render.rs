@@ -191,6 +191,9 @@ impl<'a> Renderer<'a> {
         };
         let mut inet = std::mem::take(&mut self.inet);
         std::mem::take(&mut self.inet_elements).into_sets(&mut inet);
+        // Rebuilt from their own sorted entries, for full nodes (see
+        // `StagedElements`): 10,000 `in_<id>` chains came in one by one.
+        inet.chains = std::mem::take(&mut inet.chains).into_iter().collect();
         let mut bridge = std::mem::take(&mut self.bridge);
         std::mem::take(&mut self.bridge_elements).into_sets(&mut bridge);
         self.state.tables.insert(TableId::ours(Family::Inet), inet);
