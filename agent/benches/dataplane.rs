@@ -288,7 +288,8 @@ fn bench_render_diff(n: usize) {
     let (render_time, rendered) = best_of(|| render(&v, &settings()));
     let again = render(&v, &settings()).desired;
     let (diff_same, same) = best_of(|| diff(&rendered.desired, &again));
-    let (diff_empty, all) = best_of(|| diff(&KernelState::default(), &rendered.desired));
+    let empty = KernelState::default();
+    let (diff_empty, all) = best_of(|| diff(&empty, &rendered.desired));
     assert!(same.is_empty());
     println!(
         "render+diff {n} instances (best of 5): render {:.1} ms, diff (no change) {:.1} ms, \
@@ -516,11 +517,13 @@ fn incremental(n: usize, fast_path: bool) -> Incremental {
             let base_view = view(n);
             let start = Instant::now();
             let base = render(&base_view, &settings()).desired;
-            let mut actual = dp.read().await.unwrap();
-            let changes = diff(&actual, &base);
+            let empty = dp.read().await.unwrap();
+            let changes = diff(&empty, &base);
             dp.apply(&changes, &base, "v1-base").await.unwrap();
             let full = start.elapsed();
-            changes.apply_to(&mut actual, &[]);
+            drop(changes);
+            // As the agent does: after an apply, the kernel is the desired state.
+            let actual = base.clone();
             let start = Instant::now();
             let read_back = dp.read().await.unwrap();
             let resync = start.elapsed();
@@ -541,13 +544,14 @@ fn incremental(n: usize, fast_path: bool) -> Incremental {
             let diff_add = start.elapsed();
             dp.apply(&changes, &plus, "v1-plus").await.unwrap();
             let add = start.elapsed();
-            changes.apply_to(&mut actual, &[]);
+            drop(changes);
+            let actual = plus;
 
             let start = Instant::now();
             let changes = diff(&actual, &base);
             dp.apply(&changes, &base, "v1-base").await.unwrap();
             let remove = start.elapsed();
-            changes.apply_to(&mut actual, &[]);
+            drop(changes);
             let fast_batches = batches
                 .nft_fast_batches
                 .load(std::sync::atomic::Ordering::Relaxed);

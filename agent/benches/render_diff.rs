@@ -60,7 +60,7 @@ fn main() {
     let changed_view = view_for(&changed_model, "nc-1").unwrap();
     let (incremental, one_less) = time(|| {
         let next = render(&changed_view, &settings).desired;
-        diff(&desired, &next)
+        diff(&desired, &next).len()
     });
     println!("agent render+diff, {INSTANCES} instances on the node (median of {RUNS}):");
     println!("  sanitize view          {sanitize:>10.1?}");
@@ -72,7 +72,7 @@ fn main() {
     println!("  diff vs same           {same:>10.1?}");
     println!(
         "  render+diff, -1 inst.  {incremental:>10.1?}  ({} changes)",
-        one_less.len()
+        one_less
     );
     println!(
         "  render + diff vs empty {:>10.1?}",

@@ -593,7 +593,7 @@ pub struct NftSet {
     pub interval: bool,
     /// Element key (canonical text, as the kernel prints it back) → value
     /// (`None` for a plain set; `jump in_x`, `drop`, or an address for maps).
-    pub elements: BTreeMap<String, Option<String>>,
+    pub elements: BTreeMap<ElemText, Option<ElemText>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -637,9 +637,15 @@ impl NftSet {
     }
 }
 
+/// The text of a set element's key or value. Most are addresses, interface
+/// names and `jump in_<id>` verdicts of at most 24 bytes, which this keeps
+/// inline: 10,000 instances' ~90,000 such strings are no allocation each
+/// (~3 MiB less kept, and less for render to allocate and free).
+pub type ElemText = compact_str::CompactString;
+
 /// A verdict-map value that jumps to `chain`.
-pub fn jump_value(chain: &str) -> String {
-    format!("jump {chain}")
+pub fn jump_value(chain: &str) -> ElemText {
+    compact_str::format_compact!("jump {chain}")
 }
 
 /// The verdict-map value that drops (an instance left out: fail closed).

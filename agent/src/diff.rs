@@ -5,6 +5,7 @@
 //! address, a table, a chain (rewritten whole when its rule hashes differ),
 //! a set or map, and a set or map element.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::Serialize;
@@ -29,77 +30,85 @@ impl Op {
     }
 }
 
-/// One kernel change, carrying what is needed to make it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
+/// One kernel change, borrowing what is needed to make it from the two
+/// states it was computed from (the kernel's and the desired one).
+///
+/// Borrowed rather than owned: a first apply of 10,000 instances is 80,000
+/// changes, and cloned names, keys and chains made the change set larger
+/// than the desired state itself (23 MiB against 13 MiB) and most of the
+/// diff's time. Fields are thin references (`&String`, not `&str`) to keep
+/// a change at 48 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change<'a> {
     AddRoute {
-        key: RouteKey,
-        spec: RouteSpec,
+        key: &'a RouteKey,
+        spec: &'a RouteSpec,
     },
     ChangeRoute {
-        key: RouteKey,
-        old: RouteSpec,
-        new: RouteSpec,
+        key: &'a RouteKey,
+        old: &'a RouteSpec,
+        new: &'a RouteSpec,
     },
     RemoveRoute {
-        key: RouteKey,
-        spec: RouteSpec,
+        key: &'a RouteKey,
+        spec: &'a RouteSpec,
     },
-    AddAddress(AddressEntry),
-    RemoveAddress(AddressEntry),
+    AddAddress(&'a AddressEntry),
+    RemoveAddress(&'a AddressEntry),
     /// An empty table; its chains and sets follow as their own changes.
-    AddTable(TableId),
-    RemoveTable(TableId),
+    AddTable(&'a TableId),
+    RemoveTable(&'a TableId),
     AddChain {
-        table: TableId,
-        name: String,
-        chain: NftChain,
+        table: &'a TableId,
+        name: &'a String,
+        chain: &'a NftChain,
     },
     /// The chain is flushed and its rules written anew.
     ChangeChain {
-        table: TableId,
-        name: String,
+        table: &'a TableId,
+        name: &'a String,
         old_rules: usize,
-        chain: NftChain,
+        chain: &'a NftChain,
     },
     RemoveChain {
-        table: TableId,
-        name: String,
+        table: &'a TableId,
+        name: &'a String,
         rules: usize,
     },
-    /// A set or map, without its elements (they follow as element changes).
+    /// A set or map; its elements are not part of this change (they
+    /// follow as element changes).
     AddSet {
-        table: TableId,
-        name: String,
-        set: NftSet,
+        table: &'a TableId,
+        name: &'a String,
+        set: &'a NftSet,
     },
     RemoveSet {
-        table: TableId,
-        name: String,
+        table: &'a TableId,
+        name: &'a String,
     },
     AddElement {
-        table: TableId,
-        set: String,
-        key: String,
-        value: Option<String>,
+        table: &'a TableId,
+        set: &'a String,
+        key: &'a ElemText,
+        value: &'a Option<ElemText>,
     },
     /// A map element whose value changed: deleted and added again.
     ChangeElement {
-        table: TableId,
-        set: String,
-        key: String,
-        old: Option<String>,
-        new: Option<String>,
+        table: &'a TableId,
+        set: &'a String,
+        key: &'a ElemText,
+        old: &'a Option<ElemText>,
+        new: &'a Option<ElemText>,
     },
     RemoveElement {
-        table: TableId,
-        set: String,
-        key: String,
-        value: Option<String>,
+        table: &'a TableId,
+        set: &'a String,
+        key: &'a ElemText,
+        value: &'a Option<ElemText>,
     },
 }
 
-impl Change {
+impl Change<'_> {
     pub fn op(&self) -> Op {
         use Change::*;
         match self {
@@ -261,8 +270,8 @@ pub struct Counts {
 /// nftables table by table); drivers reorder what the kernel needs ordered,
 /// and the printed forms sort by object.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ChangeSet {
-    pub changes: Vec<Change>,
+pub struct ChangeSet<'a> {
+    pub changes: Vec<Change<'a>>,
 }
 
 #[derive(Serialize)]
@@ -280,7 +289,7 @@ struct JsonHeader<'a> {
     to: &'a str,
 }
 
-impl ChangeSet {
+impl<'a> ChangeSet<'a> {
     pub fn is_empty(&self) -> bool {
         self.changes.is_empty()
     }
@@ -301,16 +310,16 @@ impl ChangeSet {
         counts
     }
 
-    pub fn nft_changes(&self) -> impl Iterator<Item = &Change> {
+    pub fn nft_changes(&self) -> impl Iterator<Item = &Change<'a>> {
         self.changes.iter().filter(|c| c.is_nft())
     }
 
-    pub fn netlink_changes(&self) -> impl Iterator<Item = &Change> {
+    pub fn netlink_changes(&self) -> impl Iterator<Item = &Change<'a>> {
         self.changes.iter().filter(|c| !c.is_nft())
     }
 
     /// Changes in printing order: by kind and object (bytewise), then op.
-    pub fn sorted(&self) -> Vec<&Change> {
+    pub fn sorted(&self) -> Vec<&Change<'a>> {
         let mut sorted: Vec<(String, &Change)> =
             self.changes.iter().map(|c| (c.named_object(), c)).collect();
         sorted.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.op().cmp(&b.1.op())));
@@ -381,7 +390,8 @@ impl ChangeSet {
 
 fn apply_change(state: &mut KernelState, change: &Change) {
     use Change::*;
-    match change {
+    // By value (a change is a few references), so fields are `&T`.
+    match *change {
         AddRoute { key, spec } | ChangeRoute { key, new: spec, .. } => {
             state.routes.insert(key.clone(), spec.clone());
         }
@@ -462,152 +472,187 @@ fn apply_change(state: &mut KernelState, change: &Change) {
 ///
 /// Addresses are removed only where `desired.ownership` owns them; routes
 /// and tables in `actual` are ours by construction (the read filters them).
-pub fn diff(actual: &KernelState, desired: &KernelState) -> ChangeSet {
-    let mut changes = Vec::new();
-    diff_routes(actual, desired, &mut changes);
-    diff_addresses(actual, desired, &mut changes);
-    diff_tables(actual, desired, &mut changes);
+pub fn diff<'a>(actual: &'a KernelState, desired: &'a KernelState) -> ChangeSet<'a> {
+    let mut changes = Vec::with_capacity(capacity_hint(actual, desired));
+    walk(actual, desired, &mut changes);
     ChangeSet { changes }
 }
 
-fn diff_routes(actual: &KernelState, desired: &KernelState, changes: &mut Vec<Change>) {
-    for (key, spec) in &desired.routes {
+/// How many changes the diff will have where that is cheap to know: the
+/// whole content of what the kernel lacks entirely (a table, a set, all
+/// routes or addresses), as on a first apply. A vector grown by doubling
+/// held up to 6 MiB for that apply's 80,000 changes (48 bytes each), with
+/// the old and the new buffer both alive as it grew, at the apply's peak.
+/// Changes inside objects present on both sides (an incremental apply) are
+/// few, and the vector grows for them as usual.
+fn capacity_hint(actual: &KernelState, desired: &KernelState) -> usize {
+    let mut hint = 0;
+    if actual.routes.is_empty() {
+        hint += desired.routes.len();
+    }
+    if actual.addresses.is_empty() {
+        hint += desired.addresses.len();
+    }
+    for (id, want) in &desired.tables {
+        let have = actual.tables.get(id);
+        hint += want
+            .chains
+            .len()
+            .saturating_sub(have.map_or(0, |t| t.chains.len()));
+        for (name, set) in &want.sets {
+            let existing = have.and_then(|t| t.sets.get(name));
+            if existing.is_none_or(|old| !old.same_definition(set)) {
+                hint += 2 + set.elements.len();
+            }
+        }
+        hint += 1;
+    }
+    hint
+}
+
+fn walk<'a>(actual: &'a KernelState, desired: &'a KernelState, changes: &mut Vec<Change<'a>>) {
+    diff_routes(actual, desired, changes);
+    diff_addresses(actual, desired, changes);
+    diff_tables(actual, desired, changes);
+}
+
+fn diff_routes<'a>(
+    actual: &'a KernelState,
+    desired: &'a KernelState,
+    changes: &mut Vec<Change<'a>>,
+) {
+    for (key, new) in &desired.routes {
         match actual.routes.get(key) {
-            None => changes.push(Change::AddRoute {
-                key: key.clone(),
-                spec: spec.clone(),
-            }),
-            Some(old) if !spec.satisfied_by(old) => changes.push(Change::ChangeRoute {
-                key: key.clone(),
-                old: old.clone(),
-                new: spec.clone(),
-            }),
+            None => changes.push(Change::AddRoute { key, spec: new }),
+            Some(old) if !new.satisfied_by(old) => {
+                changes.push(Change::ChangeRoute { key, old, new })
+            }
             Some(_) => {}
         }
     }
     for (key, spec) in &actual.routes {
         if !desired.routes.contains_key(key) {
-            changes.push(Change::RemoveRoute {
-                key: key.clone(),
-                spec: spec.clone(),
-            });
+            changes.push(Change::RemoveRoute { key, spec });
         }
     }
 }
 
-fn diff_addresses(actual: &KernelState, desired: &KernelState, changes: &mut Vec<Change>) {
+fn diff_addresses<'a>(
+    actual: &'a KernelState,
+    desired: &'a KernelState,
+    changes: &mut Vec<Change<'a>>,
+) {
     for entry in desired.addresses.difference(&actual.addresses) {
-        changes.push(Change::AddAddress(entry.clone()));
+        changes.push(Change::AddAddress(entry));
     }
     for entry in actual.addresses.difference(&desired.addresses) {
         if desired.ownership.owns(entry) {
-            changes.push(Change::RemoveAddress(entry.clone()));
+            changes.push(Change::RemoveAddress(entry));
         }
     }
 }
 
-fn diff_tables(actual: &KernelState, desired: &KernelState, changes: &mut Vec<Change>) {
-    let empty = NftTable::default();
-    for (id, want) in &desired.tables {
-        let have = match actual.tables.get(id) {
-            Some(have) => have,
-            None => {
-                changes.push(Change::AddTable(id.clone()));
-                &empty
+fn diff_tables<'a>(
+    actual: &'a KernelState,
+    desired: &'a KernelState,
+    changes: &mut Vec<Change<'a>>,
+) {
+    for side in merge_join(&actual.tables, &desired.tables) {
+        match side {
+            Side::Want(id, want) => {
+                changes.push(Change::AddTable(id));
+                diff_table(id, &EMPTY_TABLE, want, changes);
             }
-        };
-        diff_sets(id, have, want, changes);
-        diff_chains(id, have, want, changes);
+            Side::Both(id, have, want) => diff_table(id, have, want, changes),
+            Side::Have(..) => {}
+        }
     }
     for id in actual.tables.keys() {
         if !desired.tables.contains_key(id) {
-            changes.push(Change::RemoveTable(id.clone()));
+            changes.push(Change::RemoveTable(id));
         }
     }
 }
 
-fn diff_sets(id: &TableId, have: &NftTable, want: &NftTable, changes: &mut Vec<Change>) {
-    let no_elements = Default::default();
+/// What a table missing from the kernel is diffed against.
+static EMPTY_TABLE: NftTable = NftTable {
+    chains: BTreeMap::new(),
+    sets: BTreeMap::new(),
+};
+
+fn diff_table<'a>(
+    id: &'a TableId,
+    have: &'a NftTable,
+    want: &'a NftTable,
+    changes: &mut Vec<Change<'a>>,
+) {
+    diff_sets(id, have, want, changes);
+    diff_chains(id, have, want, changes);
+}
+
+/// The elements a set made anew is diffed against.
+static NO_ELEMENTS: Elements = BTreeMap::new();
+
+fn diff_sets<'a>(
+    table: &'a TableId,
+    have: &'a NftTable,
+    want: &'a NftTable,
+    changes: &mut Vec<Change<'a>>,
+) {
     for (name, set) in &want.sets {
         let existing = match have.sets.get(name) {
             Some(old) if old.same_definition(set) => &old.elements,
             Some(_) => {
                 // Type or flags differ: the set is made anew.
-                changes.push(Change::RemoveSet {
-                    table: id.clone(),
-                    name: name.clone(),
-                });
-                push_add_set(id, name, set, changes);
-                &no_elements
+                changes.push(Change::RemoveSet { table, name });
+                changes.push(Change::AddSet { table, name, set });
+                &NO_ELEMENTS
             }
             None => {
-                push_add_set(id, name, set, changes);
-                &no_elements
+                changes.push(Change::AddSet { table, name, set });
+                &NO_ELEMENTS
             }
         };
-        diff_elements(id, name, existing, &set.elements, changes);
+        diff_elements(table, name, existing, &set.elements, changes);
     }
     for name in have.sets.keys() {
         if !want.sets.contains_key(name) {
-            changes.push(Change::RemoveSet {
-                table: id.clone(),
-                name: name.clone(),
-            });
+            changes.push(Change::RemoveSet { table, name });
         }
     }
 }
 
-fn push_add_set(id: &TableId, name: &str, set: &NftSet, changes: &mut Vec<Change>) {
-    let mut bare = set.clone();
-    bare.elements.clear();
-    changes.push(Change::AddSet {
-        table: id.clone(),
-        name: name.to_string(),
-        set: bare,
-    });
-}
+type Elements = BTreeMap<ElemText, Option<ElemText>>;
 
-type Elements = std::collections::BTreeMap<String, Option<String>>;
-
-fn diff_elements(
-    id: &TableId,
-    set: &str,
-    have: &Elements,
-    want: &Elements,
-    changes: &mut Vec<Change>,
+fn diff_elements<'a>(
+    table: &'a TableId,
+    set: &'a String,
+    have: &'a Elements,
+    want: &'a Elements,
+    changes: &mut Vec<Change<'a>>,
 ) {
-    let element = |key: &String| (id.clone(), set.to_string(), key.clone());
     for side in merge_join(have, want) {
         match side {
-            Side::Both(key, old, new) if old != new => {
-                let (table, set, key) = element(key);
-                changes.push(Change::ChangeElement {
-                    table,
-                    set,
-                    key,
-                    old: old.clone(),
-                    new: new.clone(),
-                });
-            }
+            Side::Both(key, old, new) if old != new => changes.push(Change::ChangeElement {
+                table,
+                set,
+                key,
+                old,
+                new,
+            }),
             Side::Both(..) => {}
-            Side::Want(key, value) => {
-                let (table, set, key) = element(key);
-                changes.push(Change::AddElement {
-                    table,
-                    set,
-                    key,
-                    value: value.clone(),
-                });
-            }
-            Side::Have(key, value) => {
-                let (table, set, key) = element(key);
-                changes.push(Change::RemoveElement {
-                    table,
-                    set,
-                    key,
-                    value: value.clone(),
-                });
-            }
+            Side::Want(key, value) => changes.push(Change::AddElement {
+                table,
+                set,
+                key,
+                value,
+            }),
+            Side::Have(key, value) => changes.push(Change::RemoveElement {
+                table,
+                set,
+                key,
+                value,
+            }),
         }
     }
 }
@@ -621,8 +666,8 @@ enum Side<'a, K, V> {
 /// Walk two sorted maps together: one key comparison per entry rather
 /// than a lookup (log n comparisons) per entry; most of a no-change diff.
 fn merge_join<'a, K: Ord, V>(
-    have: &'a std::collections::BTreeMap<K, V>,
-    want: &'a std::collections::BTreeMap<K, V>,
+    have: &'a BTreeMap<K, V>,
+    want: &'a BTreeMap<K, V>,
 ) -> impl Iterator<Item = Side<'a, K, V>> {
     let mut have = have.iter().peekable();
     let mut want = want.iter().peekable();
@@ -642,26 +687,27 @@ fn merge_join<'a, K: Ord, V>(
     })
 }
 
-fn diff_chains(id: &TableId, have: &NftTable, want: &NftTable, changes: &mut Vec<Change>) {
+fn diff_chains<'a>(
+    table: &'a TableId,
+    have: &'a NftTable,
+    want: &'a NftTable,
+    changes: &mut Vec<Change<'a>>,
+) {
     for side in merge_join(&have.chains, &want.chains) {
         match side {
             Side::Both(name, old, chain) if !old.same_content(chain) => {
                 changes.push(Change::ChangeChain {
-                    table: id.clone(),
-                    name: name.clone(),
+                    table,
+                    name,
                     old_rules: old.rules.len(),
-                    chain: chain.clone(),
+                    chain,
                 });
             }
             Side::Both(..) => {}
-            Side::Want(name, chain) => changes.push(Change::AddChain {
-                table: id.clone(),
-                name: name.clone(),
-                chain: chain.clone(),
-            }),
+            Side::Want(name, chain) => changes.push(Change::AddChain { table, name, chain }),
             Side::Have(name, old) => changes.push(Change::RemoveChain {
-                table: id.clone(),
-                name: name.clone(),
+                table,
+                name,
                 rules: old.rules.len(),
             }),
         }
@@ -827,8 +873,9 @@ nc-1: v1-3f2a -> v1-9c1d: 3 to add, 1 to change, 3 to remove
 
     #[test]
     fn applying_the_changes_to_actual_leaves_nothing_to_do() {
-        let (mut actual, desired) = fixture();
-        let changes = diff(&actual, &desired);
+        let (before, desired) = fixture();
+        let mut actual = before.clone();
+        let changes = diff(&before, &desired);
         changes.apply_to(&mut actual, &[]);
         assert!(diff(&actual, &desired).is_empty());
         // The foreign address is still there.
@@ -861,7 +908,8 @@ nc-1: v1-3f2a -> v1-9c1d: 3 to add, 1 to change, 3 to remove
     #[test]
     fn missing_table_is_added_with_all_its_content() {
         let (_, desired) = fixture();
-        let changes = diff(&KernelState::default(), &desired);
+        let empty = KernelState::default();
+        let changes = diff(&empty, &desired);
         let lines: Vec<String> = changes.changes.iter().map(|c| c.line()).collect();
         assert!(lines.contains(&"+ nft table inet edgenet".to_string()));
         assert!(lines.contains(&"+ nft chain inet edgenet sg_sg-web: 4 rules".to_string()));

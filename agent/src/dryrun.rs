@@ -56,13 +56,13 @@ pub async fn kernel_baseline(
     }
 }
 
-/// The diff that would bring `baseline` to `snapshot`, and the state it
-/// would leave (the next baseline).
-pub fn plan(
-    baseline: &KernelState,
+/// The state `snapshot` asks for: what a plan diffs its baseline against,
+/// and the next baseline. (Not the diff itself: a change set borrows the
+/// two states it compares.)
+pub fn desired_state(
     snapshot: &Snapshot,
     settings: &RenderSettings,
-) -> Result<(ChangeSet, KernelState), DryRunError> {
+) -> Result<KernelState, DryRunError> {
     let rendered = snapshot
         .render(settings)
         .ok_or_else(|| DryRunError::Unusable {
@@ -72,11 +72,9 @@ pub fn plan(
     for left_out in &rendered.left_out {
         tracing::warn!("left out: {left_out}");
     }
-    let desired = rendered.desired;
-    Ok((diff(baseline, &desired), desired))
+    Ok(rendered.desired)
 }
 
-/// CLI.md's text or JSON form of a diff.
 pub fn format_diff(
     changes: &ChangeSet,
     node: &str,
@@ -148,7 +146,8 @@ fn print_one(
     format: OutputFormat,
     out: &mut (dyn Write + Send),
 ) -> Result<KernelState, DryRunError> {
-    let (changes, desired) = plan(baseline, snapshot, settings)?;
+    let desired = desired_state(snapshot, settings)?;
+    let changes = diff(baseline, &desired);
     let text = format_diff(
         &changes,
         &snapshot.node,
@@ -174,7 +173,9 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/cloud.json");
         let snapshot = snapshot_from_model_file(&path, "nc-1").unwrap();
         let settings = RenderSettings::default();
-        let (changes, desired) = plan(&KernelState::default(), &snapshot, &settings).unwrap();
+        let desired = desired_state(&snapshot, &settings).unwrap();
+        let empty = KernelState::default();
+        let changes = diff(&empty, &desired);
         assert!(!changes.is_empty());
         let text = format_diff(
             &changes,
@@ -188,7 +189,7 @@ mod tests {
             first.starts_with(&format!("nc-1: none -> {}: ", snapshot.state_id)),
             "{first}"
         );
-        let (again, _) = plan(&desired, &snapshot, &settings).unwrap();
-        assert!(again.is_empty());
+        let again = desired_state(&snapshot, &settings).unwrap();
+        assert!(diff(&desired, &again).is_empty());
     }
 }

@@ -16,6 +16,7 @@ use edgenet_agent::config::{one_line, Config};
 use edgenet_agent::dataplane::linux::{LinuxConfig, LinuxDataplane};
 use edgenet_agent::dataplane::{Dataplane, MemoryDataplane};
 use edgenet_agent::desired::AddressOwnership;
+use edgenet_agent::diff::diff;
 use edgenet_agent::dryrun::{self, OutputFormat};
 use edgenet_agent::metrics::{self, Metrics};
 use edgenet_agent::poller::{credentials_from_config, Feedback, PollAnswer, Poller, PollerConfig};
@@ -480,11 +481,12 @@ async fn plan(args: PlanArgs) -> Result<u8> {
     let baseline = match &args.from_model {
         Some(from) => {
             let from = snapshot_from_model_file(from, &node)?;
-            dryrun::plan(&Default::default(), &from, &render_settings(&config))?.1
+            dryrun::desired_state(&from, &render_settings(&config))?
         }
         None => kernel_or_empty(args.source.dataplane, &config).await,
     };
-    let (changes, _) = dryrun::plan(&baseline, &snapshot, &render_settings(&config))?;
+    let desired = dryrun::desired_state(&snapshot, &render_settings(&config))?;
+    let changes = diff(&baseline, &desired);
     let text = dryrun::format_diff(
         &changes,
         &node,
@@ -535,12 +537,11 @@ async fn apply(args: ApplyArgs) -> Result<u8> {
     }
     let mut dataplane = open_dataplane(args.source.dataplane, &config, false)?
         .ok_or_else(|| anyhow!("--dataplane none cannot apply"))?;
-    let (changes, from) =
-        apply_once(dataplane.as_mut(), &snapshot, &render_settings(&config)).await?;
+    let text = apply_once(dataplane.as_mut(), &snapshot, &render_settings(&config)).await?;
     for left_out in &snapshot.left_out {
         tracing::warn!("left out: {left_out}");
     }
-    write_stdout(&changes.render_text(&node, from.as_deref(), &snapshot.state_id))?;
+    write_stdout(&text)?;
     Ok(0)
 }
 
@@ -613,7 +614,7 @@ async fn check_against_view(
     kernel: &edgenet_agent::desired::KernelState,
 ) -> Result<ViewCheck> {
     let snapshot = one_snapshot(source, config, node).await?;
-    let planned = dryrun::plan(kernel, &snapshot, &render_settings(config));
+    let planned = dryrun::desired_state(&snapshot, &render_settings(config));
     if snapshot.state_id != applied {
         eprintln!(
             "note: applied {applied}, current view is {}: drift not computed",
@@ -621,12 +622,17 @@ async fn check_against_view(
         );
         return Ok(ViewCheck {
             drift: Vec::new(),
-            ownership: planned.ok().map(|(_, desired)| desired.ownership),
+            ownership: planned.ok().map(|desired| desired.ownership),
         });
     }
-    let (changes, desired) = planned?;
+    let desired = planned?;
+    let drift = diff(kernel, &desired)
+        .sorted()
+        .iter()
+        .map(|c| c.named_object())
+        .collect();
     Ok(ViewCheck {
-        drift: changes.sorted().iter().map(|c| c.named_object()).collect(),
+        drift,
         ownership: Some(desired.ownership),
     })
 }

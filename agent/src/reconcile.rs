@@ -17,8 +17,8 @@ use rand::Rng;
 use tokio::sync::{mpsc, watch};
 
 use crate::dataplane::{Dataplane, DataplaneError};
-use crate::desired::{DriftEvent, KernelState};
-use crate::diff::diff;
+use crate::desired::{AddressEntry, DriftEvent, KernelState, RouteKey, RouteSpec};
+use crate::diff::{diff, Change, ChangeSet};
 use crate::metrics::Metrics;
 use crate::notify::SystemdNotifier;
 use crate::poller::{Backoff, Feedback};
@@ -88,9 +88,9 @@ pub struct Reconciler {
     dirty: bool,
     /// What render left out of the target's view at the last pass.
     render_left_out: Vec<String>,
-    /// Changes the kernel could not take at the last apply: retrying them
-    /// at a resync is not a drift repair.
-    deferred: Vec<crate::diff::Change>,
+    /// Changes the kernel could not take at the last apply, as their diff
+    /// lines: retrying them at a resync is not a drift repair.
+    deferred: Vec<String>,
 }
 
 impl Reconciler {
@@ -264,7 +264,7 @@ impl Reconciler {
 
     async fn apply(&mut self, target: &Snapshot) -> Result<usize, DataplaneError> {
         let state_id = target.state_id.as_str();
-        let mut actual = match self.actual.take() {
+        let actual = match self.actual.take() {
             Some(actual) => actual,
             None => self.dataplane.read().await?,
         };
@@ -278,6 +278,7 @@ impl Reconciler {
         let desired = rendered.desired;
         let changes = diff(&actual, &desired);
         if changes.is_empty() && actual.state_id.as_deref() == Some(state_id) {
+            drop(changes);
             self.actual = Some(actual);
             return Ok(0);
         }
@@ -285,17 +286,20 @@ impl Reconciler {
         log_deferred(&report.deferred);
         // Changes for the id the kernel already records: someone changed
         // what we had applied, and this put it back.
-        let retrying_deferred = changes.changes.iter().all(|c| self.deferred.contains(c));
+        let retrying_deferred = changes
+            .changes
+            .iter()
+            .all(|c| self.deferred.contains(&c.line()));
         if actual.state_id.as_deref() == Some(state_id) && !retrying_deferred {
             tracing::warn!(changes = changes.len(), "repaired drift");
             self.metrics.drift_repaired();
         }
-        self.deferred = report.deferred_changes();
-        changes.apply_to(&mut actual, &self.deferred);
-        forget_rule_statements(&mut actual);
-        actual.state_id = Some(state_id.to_string());
-        self.actual = Some(actual);
-        Ok(changes.len())
+        self.deferred = report.deferred.iter().map(|d| d.change.line()).collect();
+        let made = changes.len();
+        let kept = KernelAfter::new(&actual, &desired, &report.deferred_changes());
+        drop((report, changes));
+        self.actual = Some(kept.apply(desired, state_id));
+        Ok(made)
     }
 
     fn succeeded(&mut self, target: &Snapshot, changes: usize, took: Duration) {
@@ -384,6 +388,61 @@ pub fn forget_rule_statements(state: &mut KernelState) {
     }
 }
 
+/// What the kernel holds after an apply, built from the desired state
+/// rather than by copying the changes into the old actual state: after a
+/// successful apply the kernel is the desired state, except for the changes
+/// it deferred and the addresses that are not ours. So one copy of the state
+/// is kept (moved, not cloned), and only those few differences are owned
+/// here while the change set, which borrows both states, is dropped.
+#[derive(Default)]
+struct KernelAfter {
+    routes_absent: Vec<RouteKey>,
+    routes_kept: Vec<(RouteKey, RouteSpec)>,
+    addresses_absent: Vec<AddressEntry>,
+    addresses_kept: Vec<AddressEntry>,
+}
+
+impl KernelAfter {
+    fn new(actual: &KernelState, desired: &KernelState, deferred: &[Change<'_>]) -> Self {
+        let mut after = KernelAfter::default();
+        for change in deferred {
+            match *change {
+                Change::AddRoute { key, .. } => after.routes_absent.push(key.clone()),
+                Change::ChangeRoute { key, old: spec, .. } | Change::RemoveRoute { key, spec } => {
+                    after.routes_kept.push((key.clone(), spec.clone()))
+                }
+                Change::AddAddress(entry) => after.addresses_absent.push(entry.clone()),
+                Change::RemoveAddress(entry) => after.addresses_kept.push(entry.clone()),
+                // nft changes are all or nothing: never deferred.
+                _ => {}
+            }
+        }
+        // Addresses that are not ours stay as the kernel has them.
+        let foreign = actual
+            .addresses
+            .difference(&desired.addresses)
+            .filter(|entry| !desired.ownership.owns(entry));
+        after.addresses_kept.extend(foreign.cloned());
+        after
+    }
+
+    fn apply(self, desired: KernelState, state_id: &str) -> KernelState {
+        let mut state = desired;
+        for key in &self.routes_absent {
+            state.routes.remove(key);
+        }
+        state.routes.extend(self.routes_kept);
+        for entry in &self.addresses_absent {
+            state.addresses.remove(entry);
+        }
+        state.addresses.extend(self.addresses_kept);
+        state.ownership = Default::default();
+        state.state_id = Some(state_id.to_string());
+        forget_rule_statements(&mut state);
+        state
+    }
+}
+
 /// One line for all deferred changes (10,000 addresses on a missing device
 /// must not be 10,000 log lines at every resync), naming the first few.
 fn log_deferred(deferred: &[crate::dataplane::DeferredChange]) {
@@ -417,23 +476,25 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
 }
 
 /// `edgenetd apply`: read the kernel, diff, apply once; no retry. Returns
-/// the changes made and the state id that was in force before.
+/// CLI.md's text diff of the changes made, from the state id that was in
+/// force before.
 pub async fn apply_once(
     dataplane: &mut dyn Dataplane,
     snapshot: &Snapshot,
     settings: &RenderSettings,
-) -> Result<(crate::diff::ChangeSet, Option<String>), DataplaneError> {
+) -> Result<String, DataplaneError> {
     let actual = dataplane.read().await?;
+    let from = actual.state_id.as_deref();
     let Some(rendered) = snapshot.render(settings) else {
-        return Ok((crate::diff::ChangeSet::default(), actual.state_id));
+        return Ok(ChangeSet::default().render_text(&snapshot.node, from, &snapshot.state_id));
     };
     let desired = rendered.desired;
     let changes = diff(&actual, &desired);
-    if !changes.is_empty() || actual.state_id.as_deref() != Some(&snapshot.state_id) {
+    if !changes.is_empty() || from != Some(&snapshot.state_id) {
         let report = dataplane
             .apply(&changes, &desired, &snapshot.state_id)
             .await?;
         log_deferred(&report.deferred);
     }
-    Ok((changes, actual.state_id))
+    Ok(changes.render_text(&snapshot.node, from, &snapshot.state_id))
 }

@@ -246,9 +246,9 @@ mod tests {
         let rendered = snapshot.render(&RenderSettings::default()).unwrap();
         let inet = &rendered.desired.tables[&TableId::ours(Family::Inet)];
         let verdicts = &inet.sets[&instances_map_name(crate::desired::IpFamily::V4)].elements;
-        assert_eq!(verdicts[&invalid_ip].as_deref(), Some(DROP_VALUE));
+        assert_eq!(verdicts[invalid_ip.as_str()].as_deref(), Some(DROP_VALUE));
         let valid_ip = &view.instances[1].private_ip;
-        assert_ne!(verdicts[valid_ip].as_deref(), Some(DROP_VALUE));
+        assert_ne!(verdicts[valid_ip.as_str()].as_deref(), Some(DROP_VALUE));
     }
 
     #[test]

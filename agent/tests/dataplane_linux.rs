@@ -614,7 +614,8 @@ fn an_instance_added_through_the_fast_path_reads_back_as_nft_writes_it() {
         tables: state.tables.clone(),
         ..KernelState::default()
     };
-    let apart = diff(&nft_only(&slow_state), &nft_only(&fast_state));
+    let (slow_nft, fast_nft) = (nft_only(&slow_state), nft_only(&fast_state));
+    let apart = diff(&slow_nft, &fast_nft);
     assert!(
         apart.is_empty(),
         "{}",

@@ -124,8 +124,8 @@ fn drift_between(before: &KernelState, after: &KernelState) -> Vec<DriftEvent> {
     events
 }
 
-fn device_of(change: &Change) -> Option<&str> {
-    match change {
+fn device_of<'a>(change: &Change<'a>) -> Option<&'a str> {
+    match *change {
         Change::AddRoute { spec, .. } | Change::ChangeRoute { new: spec, .. } => {
             spec.device.as_deref()
         }
@@ -142,12 +142,12 @@ impl Dataplane for MemoryDataplane {
         Ok(inner.kernel.clone())
     }
 
-    async fn apply(
+    async fn apply<'a>(
         &mut self,
-        changes: &ChangeSet,
+        changes: &ChangeSet<'a>,
         _desired: &KernelState,
         state_id: &str,
-    ) -> Result<ApplyReport, DataplaneError> {
+    ) -> Result<ApplyReport<'a>, DataplaneError> {
         let mut inner = self.lock();
         inner.stats.applies += 1;
         if inner.fail_next_applies > 0 {
@@ -166,7 +166,7 @@ impl Dataplane for MemoryDataplane {
                     .missing_devices
                     .contains(device)
                     .then(|| DeferredChange {
-                        change: change.clone(),
+                        change: *change,
                         reason: format!("device {device} does not exist"),
                     })
             })
@@ -226,7 +226,8 @@ mod tests {
     async fn failed_apply_changes_nothing_and_missing_device_defers() {
         let mut dp = MemoryDataplane::new();
         let want = desired();
-        let changes = diff(&KernelState::default(), &want);
+        let empty = KernelState::default();
+        let changes = diff(&empty, &want);
         dp.fail_next_applies(1);
         assert!(dp.apply(&changes, &want, "v1-a").await.is_err());
         assert_eq!(dp.kernel(), KernelState::default());
@@ -234,7 +235,8 @@ mod tests {
         let report = dp.apply(&changes, &want, "v1-a").await.unwrap();
         assert_eq!(report.deferred.len(), 1);
         dp.set_device_up("br0");
-        let rest = diff(&dp.read().await.unwrap(), &want);
+        let now = dp.read().await.unwrap();
+        let rest = diff(&now, &want);
         assert_eq!(rest.len(), 1);
         dp.apply(&rest, &want, "v1-a").await.unwrap();
         assert!(diff(&dp.read().await.unwrap(), &want).is_empty());

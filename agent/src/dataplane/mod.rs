@@ -31,25 +31,26 @@ pub trait Dataplane: Send {
     /// Route and address changes the kernel cannot take yet (a device not
     /// up) are returned in `ApplyReport::deferred` while the rest is made;
     /// the state id is then still recorded, and the next resync retries.
-    async fn apply(
+    async fn apply<'a>(
         &mut self,
-        changes: &ChangeSet,
+        changes: &ChangeSet<'a>,
         desired: &KernelState,
         state_id: &str,
-    ) -> Result<ApplyReport, DataplaneError>;
+    ) -> Result<ApplyReport<'a>, DataplaneError>;
 
     /// Events for our routes and addresses removed or changed by someone
     /// else. `Some` once (the first call); `None` when there is no monitor.
     fn drift_events(&mut self) -> Option<mpsc::Receiver<DriftEvent>>;
 }
 
-/// What an apply did.
+/// What an apply did. Deferred changes borrow from the states the change
+/// set was computed from, like the change set.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ApplyReport {
+pub struct ApplyReport<'a> {
     /// Changes made.
     pub applied: usize,
     /// Changes the kernel could not take now, with why; retried later.
-    pub deferred: Vec<DeferredChange>,
+    pub deferred: Vec<DeferredChange<'a>>,
     /// Netlink requests sent.
     pub netlink_ops: usize,
     /// nft transactions run (0 or 1 per apply).
@@ -59,15 +60,15 @@ pub struct ApplyReport {
     pub sysctl_notes: Vec<String>,
 }
 
-impl ApplyReport {
-    pub fn deferred_changes(&self) -> Vec<Change> {
-        self.deferred.iter().map(|d| d.change.clone()).collect()
+impl<'a> ApplyReport<'a> {
+    pub fn deferred_changes(&self) -> Vec<Change<'a>> {
+        self.deferred.iter().map(|d| d.change).collect()
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeferredChange {
-    pub change: Change,
+pub struct DeferredChange<'a> {
+    pub change: Change<'a>,
     pub reason: String,
 }
 

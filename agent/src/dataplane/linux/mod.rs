@@ -17,7 +17,8 @@ use tokio::task::JoinHandle;
 
 use super::{ApplyReport, Dataplane, DataplaneError};
 use crate::desired::{
-    DriftEvent, Family, KernelState, TableId, DEFAULT_ROUTE_PROTOCOL, MAIN_TABLE,
+    AddressEntry, DriftEvent, Family, KernelState, RouteKey, RouteSpec, TableId,
+    DEFAULT_ROUTE_PROTOCOL, MAIN_TABLE,
 };
 use crate::diff::{Change, ChangeSet};
 
@@ -150,7 +151,7 @@ impl LinuxDataplane {
     /// batch is in the kernel) through `nft`.
     async fn write_nft(
         &self,
-        changes: &[&Change],
+        changes: &[&Change<'_>],
         desired: &KernelState,
         state: Option<&str>,
     ) -> Result<usize, DataplaneError> {
@@ -187,7 +188,7 @@ impl LinuxDataplane {
     /// copy of the desired routes and addresses; between reads the desired
     /// state moves only by the changes we make, so it follows those
     /// instead of copying 20,000 objects for a one-instance change.
-    fn watch(&mut self, desired: &KernelState, changes: &[&Change], links: netlink::Links) {
+    fn watch(&mut self, desired: &KernelState, changes: &[&Change<'_>], links: netlink::Links) {
         let mut watched = self.watched.lock().unwrap_or_else(|p| p.into_inner());
         if std::mem::take(&mut self.watch_from_scratch) {
             watched.routes = desired.routes.clone();
@@ -196,13 +197,15 @@ impl LinuxDataplane {
             for change in changes {
                 match change {
                     Change::AddRoute { key, spec } | Change::ChangeRoute { key, new: spec, .. } => {
-                        watched.routes.insert(key.clone(), spec.clone());
+                        watched
+                            .routes
+                            .insert(RouteKey::clone(key), RouteSpec::clone(spec));
                     }
                     Change::RemoveRoute { key, .. } => {
                         watched.routes.remove(key);
                     }
                     Change::AddAddress(entry) => {
-                        watched.addresses.insert(entry.clone());
+                        watched.addresses.insert(AddressEntry::clone(entry));
                     }
                     Change::RemoveAddress(entry) => {
                         watched.addresses.remove(entry);
@@ -252,12 +255,12 @@ impl Dataplane for LinuxDataplane {
         })
     }
 
-    async fn apply(
+    async fn apply<'a>(
         &mut self,
-        changes: &ChangeSet,
+        changes: &ChangeSet<'a>,
         desired: &KernelState,
         state_id: &str,
-    ) -> Result<ApplyReport, DataplaneError> {
+    ) -> Result<ApplyReport<'a>, DataplaneError> {
         let mut report = ApplyReport {
             sysctl_notes: sysctl::ensure(self.config.manage_sysctls)?,
             ..Default::default()
@@ -307,10 +310,12 @@ impl Dataplane for LinuxDataplane {
                 for change in &nft_changes {
                     match change {
                         Change::AddSet { table, name, set } if set.is_map() => {
-                            self.maps_in_kernel.insert((table.clone(), name.clone()));
+                            self.maps_in_kernel
+                                .insert((TableId::clone(table), name.to_string()));
                         }
                         Change::RemoveSet { table, name } => {
-                            self.maps_in_kernel.remove(&(table.clone(), name.clone()));
+                            self.maps_in_kernel
+                                .remove(&(TableId::clone(table), name.to_string()));
                         }
                         _ => {}
                     }

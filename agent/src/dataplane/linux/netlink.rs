@@ -245,16 +245,16 @@ fn address_message(entry: &AddressEntry, index: u32) -> AddressMessage {
 }
 
 /// The outcome of one netlink change.
-enum Outcome {
+enum Outcome<'a> {
     Done,
-    Deferred(DeferredChange),
+    Deferred(DeferredChange<'a>),
     Failed(DataplaneError),
 }
 
-async fn send_change(handle: &Handle, links: &Links, change: &Change) -> Outcome {
+async fn send_change<'a>(handle: &Handle, links: &Links, change: &Change<'a>) -> Outcome<'a> {
     let defer = |reason: String| {
         Outcome::Deferred(DeferredChange {
-            change: change.clone(),
+            change: *change,
             reason,
         })
     };
@@ -268,7 +268,7 @@ async fn send_change(handle: &Handle, links: &Links, change: &Change) -> Outcome
         Change::RemoveRoute { key, spec } => {
             // Delete by key and protocol only: whatever the device or
             // gateway now is, the route is ours.
-            let mut spec = spec.clone();
+            let mut spec = RouteSpec::clone(spec);
             spec.device = None;
             spec.gateway = None;
             match route_message(key, &spec, links) {
@@ -309,7 +309,7 @@ async fn send_change(handle: &Handle, links: &Links, change: &Change) -> Outcome
     }
 }
 
-fn classify(change: &Change, error: rtnetlink::Error) -> Outcome {
+fn classify<'a>(change: &Change<'a>, error: rtnetlink::Error) -> Outcome<'a> {
     const ESRCH: i32 = 3;
     const EADDRNOTAVAIL: i32 = 99;
     if let rtnetlink::Error::NetlinkError(message) = &error {
@@ -332,7 +332,7 @@ fn classify(change: &Change, error: rtnetlink::Error) -> Outcome {
     // Anything else (gateway unreachable while the bridge has no address
     // yet, device gone): retried at the next resync, not blocking the rest.
     Outcome::Deferred(DeferredChange {
-        change: change.clone(),
+        change: *change,
         reason: error.to_string(),
     })
 }
@@ -340,11 +340,11 @@ fn classify(change: &Change, error: rtnetlink::Error) -> Outcome {
 /// Make the route and address changes: addresses first (a route's gateway
 /// may need the bridge's address to be reachable), removals before adds.
 /// Returns (requests sent, deferred changes).
-pub async fn apply(
+pub async fn apply<'a>(
     handle: &Handle,
     links: &Links,
-    changes: &[&Change],
-) -> Result<(usize, Vec<DeferredChange>), DataplaneError> {
+    changes: &[&Change<'a>],
+) -> Result<(usize, Vec<DeferredChange<'a>>), DataplaneError> {
     let phase = |change: &Change| match change {
         Change::RemoveAddress(_) => 0,
         Change::AddAddress(_) => 1,
@@ -354,7 +354,7 @@ pub async fn apply(
     let mut sent = 0;
     let mut deferred = Vec::new();
     for current in 0..4 {
-        let batch: Vec<&Change> = changes
+        let batch: Vec<&Change<'a>> = changes
             .iter()
             .copied()
             .filter(|c| phase(c) == current)

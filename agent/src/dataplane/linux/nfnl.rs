@@ -198,7 +198,10 @@ enum ElementVerb {
 }
 
 /// The element (key and, in a map, its value) a change adds or deletes.
-fn element_of(change: &Change, verb: ElementVerb) -> Option<(&TableId, &str, &str, Option<&str>)> {
+fn element_of<'c>(
+    change: &Change<'c>,
+    verb: ElementVerb,
+) -> Option<(&'c TableId, &'c str, &'c str, Option<&'c str>)> {
     use ElementVerb::*;
     match (change, verb) {
         (

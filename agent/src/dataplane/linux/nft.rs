@@ -350,7 +350,7 @@ struct RuleListing<'a> {
 /// never a tree). Keys are as printed: the interval normalisation is done
 /// by `parse_set`, which knows the flags.
 #[derive(Default)]
-struct ListedElements(BTreeMap<String, Option<String>>);
+struct ListedElements(BTreeMap<ElemText, Option<ElemText>>);
 
 impl<'de> serde::Deserialize<'de> for ListedElements {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -378,7 +378,7 @@ impl<'de> serde::de::Visitor<'de> for ElementsVisitor {
             let key = element_key(key).ok_or_else(|| {
                 serde::de::Error::custom(format!("an element we cannot read: {elem}"))
             })?;
-            elements.insert(key, value.map(element_value));
+            elements.insert(key.into(), value.map(|v| element_value(v).into()));
         }
         Ok(ListedElements(elements))
     }
@@ -438,9 +438,9 @@ fn parse_set(set: SetListing<'_>) -> NftSet {
 }
 
 /// An interval set prints a host prefix as a bare address.
-fn interval_key(key: String) -> String {
+fn interval_key(key: ElemText) -> ElemText {
     match key.parse::<IpAddr>() {
-        Ok(addr) => IpNet::from(addr).to_string(),
+        Ok(addr) => IpNet::from(addr).to_string().into(),
         Err(_) => key,
     }
 }
@@ -477,7 +477,7 @@ fn element_key(key: &Json) -> Option<String> {
 
 fn element_value(value: &Json) -> String {
     if let Some(jump) = value.get("jump") {
-        return jump_value(jump["target"].as_str().unwrap_or(""));
+        return jump_value(jump["target"].as_str().unwrap_or("")).into();
     }
     if value.get("drop").is_some() {
         return DROP_VALUE.to_string();
@@ -1277,19 +1277,26 @@ mod tests {
             statements: vec![Stmt::Accept],
             handle: None,
         };
+        let (name, set, key, value) = (
+            "in_x".to_string(),
+            "instances".to_string(),
+            ElemText::from("10.1.0.33"),
+            Some(ElemText::from("jump in_x")),
+        );
+        let chain = NftChain {
+            base: None,
+            rules: vec![rule(1), rule(2)],
+        };
         let add_chain = Change::AddChain {
-            table: table.clone(),
-            name: "in_x".into(),
-            chain: NftChain {
-                base: None,
-                rules: vec![rule(1), rule(2)],
-            },
+            table: &table,
+            name: &name,
+            chain: &chain,
         };
         let add_element = Change::AddElement {
-            table: table.clone(),
-            set: "instances".into(),
-            key: "10.1.0.33".into(),
-            value: Some("jump in_x".into()),
+            table: &table,
+            set: &set,
+            key: &key,
+            value: &value,
         };
         let transaction = build_transaction(
             &[&add_chain, &add_element],
