@@ -64,11 +64,7 @@ impl NftRunner {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let spawn_error = |source| DataplaneError::NftSpawn {
-            program: self.program.clone(),
-            purpose,
-            source,
-        };
+        let spawn_error = |source| self.spawn_error(purpose, source);
         let mut child = command.spawn().map_err(spawn_error)?;
         if let (Some(transaction), Some(pipe)) = (stdin, child.stdin.take()) {
             write_transaction(pipe, transaction)
@@ -86,31 +82,84 @@ impl NftRunner {
         let mut tables = BTreeMap::new();
         let mut state_id = None;
         for family in [Family::Inet, Family::Bridge] {
-            let id = TableId::ours(family);
-            let output = self
-                .run(
-                    &["-j", "list", "table", family.as_str(), TABLE_NAME],
-                    None,
-                    "listing our tables",
-                )
-                .await?;
-            if !output.status.success() {
-                let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
-                if stderr.contains("No such file or directory") {
-                    continue; // the table does not exist (yet, or any more)
-                }
-                return Err(classify_failure(stderr, |stderr| DataplaneError::NftList {
-                    table: id.to_string(),
-                    stderr,
-                }));
-            }
-            let parsed = parse_table(&output.stdout, &id)?;
+            let Some((table, recorded)) = self.list_table(family).await? else {
+                continue; // the table does not exist (yet, or any more)
+            };
             if family == Family::Inet {
-                state_id = parsed.1;
+                state_id = recorded;
             }
-            tables.insert(id, parsed.0);
+            tables.insert(TableId::ours(family), table);
         }
         Ok((tables, state_id))
+    }
+
+    /// One of our tables, parsed from `nft -j list` as its output arrives:
+    /// 10,000 instances list as ~9 MiB of JSON, which held whole (in a
+    /// buffer grown by doubling) stayed in the allocator after each resync.
+    /// serde_json reads a `Read`, so this runs on a thread of its own, made
+    /// by the calling thread (same network namespace) for this one listing.
+    async fn list_table(
+        &self,
+        family: Family,
+    ) -> Result<Option<(NftTable, Option<String>)>, DataplaneError> {
+        let runner = self.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("nft-list".into())
+            .spawn(move || {
+                let _ = tx.send(runner.list_table_blocking(family));
+            })
+            .map_err(|source| self.spawn_error("listing our tables", source))?;
+        rx.await.map_err(|_| DataplaneError::NftParse {
+            context: format!("table {family} {TABLE_NAME}"),
+            detail: "the listing thread ended without an answer".into(),
+        })?
+    }
+
+    fn list_table_blocking(
+        &self,
+        family: Family,
+    ) -> Result<Option<(NftTable, Option<String>)>, DataplaneError> {
+        let purpose = "listing our tables";
+        let id = TableId::ours(family);
+        let mut child = std::process::Command::new(&self.program)
+            .args(&self.prefix_args)
+            .args(["-j", "list", "table", family.as_str(), TABLE_NAME])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| self.spawn_error(purpose, source))?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let parsed = parse_table(std::io::BufReader::with_capacity(64 * 1024, stdout), &id);
+        // nft writes little to stderr (one error), so reading it after
+        // stdout cannot block nft.
+        let mut stderr = String::new();
+        if let Some(mut pipe) = child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+        }
+        let status = child
+            .wait()
+            .map_err(|source| self.spawn_error(purpose, source))?;
+        if status.success() {
+            return parsed.map(Some);
+        }
+        let stderr = stderr.trim().to_string();
+        if stderr.contains("No such file or directory") {
+            return Ok(None);
+        }
+        Err(classify_failure(stderr, |stderr| DataplaneError::NftList {
+            table: id.to_string(),
+            stderr,
+        }))
+    }
+
+    fn spawn_error(&self, purpose: &'static str, source: std::io::Error) -> DataplaneError {
+        DataplaneError::NftSpawn {
+            program: self.program.clone(),
+            purpose,
+            source,
+        }
     }
 
     /// Run one transaction. `Ok(0)` when there was nothing to write.
@@ -177,12 +226,15 @@ fn parse_error(id: &TableId, detail: impl Into<String>) -> DataplaneError {
 /// that matches nothing, so its chain is rewritten.
 ///
 /// The listing is read item by item straight from nft's output into the
-/// table (typed structs borrowing from the buffer, set elements converted
-/// one at a time): a listing of 10,000 instances held as `serde_json::Value`
-/// trees cost ~35 MiB on top of the buffer.
-fn parse_table(stdout: &[u8], id: &TableId) -> Result<(NftTable, Option<String>), DataplaneError> {
+/// table (typed structs, set elements converted one at a time), never
+/// held whole: a listing of 10,000 instances held as `serde_json::Value`
+/// trees cost ~35 MiB, and as one buffer ~16 MiB.
+fn parse_table(
+    listing: impl std::io::Read,
+    id: &TableId,
+) -> Result<(NftTable, Option<String>), DataplaneError> {
     let mut builder = TableBuilder::default();
-    let mut deserializer = serde_json::Deserializer::from_slice(stdout);
+    let mut deserializer = serde_json::Deserializer::from_reader(listing);
     serde::de::DeserializeSeed::deserialize(ListingSeed(&mut builder), &mut deserializer)
         .and_then(|()| deserializer.end())
         .map_err(|e| parse_error(id, e.to_string()))?;
