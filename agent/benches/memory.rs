@@ -72,12 +72,7 @@ fn breakdown(state: &KernelState) {
 }
 
 fn main() {
-    let model = generate(Shape {
-        nodes: 1,
-        instances: INSTANCES,
-        groups: 100,
-        seed: 1,
-    });
+    let model = generate(Shape::one_node(INSTANCES));
     let start = ALLOCATOR.current_usage();
     println!(
         "agent memory, {INSTANCES} instances (live heap; the model itself: {:.1} MiB)",

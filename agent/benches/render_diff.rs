@@ -35,12 +35,7 @@ fn time<T>(mut f: impl FnMut() -> T) -> (Duration, T) {
 }
 
 fn main() {
-    let model = generate(Shape {
-        nodes: 1,
-        instances: INSTANCES,
-        groups: 100,
-        seed: 1,
-    });
+    let model = generate(Shape::one_node(INSTANCES));
     let view = view_for(&model, "nc-1").unwrap();
     let id = view.state_id().as_str().to_string();
     let settings = RenderSettings::default();

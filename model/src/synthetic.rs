@@ -18,6 +18,19 @@ pub struct Shape {
     pub seed: u64,
 }
 
+impl Shape {
+    /// The agent benchmarks' shape: every instance on `nc-1`, 100 security
+    /// groups, seed 1.
+    pub fn one_node(instances: usize) -> Shape {
+        Shape {
+            nodes: 1,
+            instances,
+            groups: 100,
+            seed: 1,
+        }
+    }
+}
+
 /// Instances per /16 subnet, leaving room for the gateway and network.
 const INSTANCES_PER_SUBNET: usize = 60_000;
 /// Public addresses come from 198.18.0.0/15 (RFC 2544 benchmarking space).
