@@ -124,17 +124,23 @@ pub fn plan(changes: &[&Change], desired: &KernelState, state_id: Option<&str>) 
         return None;
     }
     let mut batch = BatchBuilder::new();
+    // Every new chain before any rule, so a jump to a chain made in this
+    // batch finds it.
     for change in changes {
-        if let Change::AddChain { table, name, chain } = change {
+        if let Change::AddChain { table, name, .. } = change {
             batch.new_chain(table, name);
-            batch.rules(table, name, chain);
         }
-        if let Change::ChangeChain {
-            table, name, chain, ..
-        } = change
-        {
-            batch.flush_chain(table, name);
-            batch.rules(table, name, chain);
+    }
+    for change in changes {
+        match change {
+            Change::AddChain { table, name, chain } => batch.rules(table, name, chain),
+            Change::ChangeChain {
+                table, name, chain, ..
+            } => {
+                batch.flush_chain(table, name);
+                batch.rules(table, name, chain);
+            }
+            _ => {}
         }
     }
     batch.elements(changes, desired, ElementVerb::Delete)?;
@@ -674,6 +680,39 @@ mod tests {
         assert!(encode_data("ifname", "a-name-far-too-long").is_none());
         assert!(encode_data("ifname . ipv4_addr", "vn0").is_none());
         assert!(encode_data("inet_service", "80").is_none());
+    }
+
+    #[test]
+    fn new_chains_come_before_any_rule_that_may_jump_to_them() {
+        let table = TableId::ours(Family::Inet);
+        let (instance, group) = ("in_x".to_string(), "sg_new".to_string());
+        let rules = vec![
+            NftRule::new(&instance, 0, vec![Stmt::Jump(group.clone())]),
+            NftRule::new(&instance, 1, vec![Stmt::Drop]),
+        ];
+        let (instance_chain, group_chain) = (NftChain::regular(rules), NftChain::regular(vec![]));
+        let add_instance = Change::AddChain {
+            table: &table,
+            name: &instance,
+            chain: &instance_chain,
+        };
+        let add_group = Change::AddChain {
+            table: &table,
+            name: &group,
+            chain: &group_chain,
+        };
+        let batch = plan(&[&add_instance, &add_group], &KernelState::default(), None).unwrap();
+        let first_rule = batch.purposes.iter().position(|p| p.contains("rule"));
+        let last_chain = batch
+            .purposes
+            .iter()
+            .rposition(|p| p.starts_with("add chain"));
+        assert_eq!(
+            (last_chain, first_rule),
+            (Some(1), Some(2)),
+            "{:?}",
+            batch.purposes
+        );
     }
 
     #[test]
