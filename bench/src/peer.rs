@@ -182,22 +182,28 @@ fn state_id_of(body: &[u8]) -> Option<String> {
 }
 
 async fn edgenet_parked(addr: &str) -> anyhow::Result<usize> {
+    status_number(addr, "/metrics", "edgenet_server_parked_polls ").await
+}
+
+/// The number after `prefix` on the first line of `path` that starts with
+/// it: a server's count of held connections, read over plain HTTP.
+async fn status_number(addr: &str, path: &str, prefix: &str) -> anyhow::Result<usize> {
     let mut c = Conn::connect(addr).await?;
     let a = c
         .request(
-            &format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+            &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
             &[],
         )
         .await?;
     let text = String::from_utf8_lossy(&a.body);
     let line = text
         .lines()
-        .find(|l| l.starts_with("edgenet_server_parked_polls "))
-        .context("no parked gauge")?;
+        .find(|l| l.starts_with(prefix))
+        .with_context(|| format!("no {prefix:?} line in {path}"))?;
     Ok(line
         .split_whitespace()
         .nth(1)
-        .context("gauge value")?
+        .with_context(|| format!("no number after {prefix:?} in {path}"))?
         .parse()?)
 }
 
@@ -321,23 +327,7 @@ pub async fn run_edgenet(
 // ---------------------------------------------------------------- nchan
 
 async fn nchan_subscribers(addr: &str) -> anyhow::Result<usize> {
-    let mut c = Conn::connect(addr).await?;
-    let a = c
-        .request(
-            &format!("GET /nchan_status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
-            &[],
-        )
-        .await?;
-    let text = String::from_utf8_lossy(&a.body);
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("subscribers:"))
-        .context("no subscribers line")?;
-    Ok(line
-        .split_whitespace()
-        .nth(1)
-        .context("subscriber count")?
-        .parse()?)
+    status_number(addr, "/nchan_status", "subscribers:").await
 }
 
 fn channel_of(node: usize, broadcast: bool) -> String {

@@ -348,13 +348,7 @@ async fn too_many_parked_polls_is_503_with_retry_after() {
     let t = TestServer::start(&["--max-parked", "1"]).await;
     let id = t.current_id("nc-1").await;
     let first = {
-        let c = TestServer {
-            server: None,
-            dir: tempfile::tempdir().unwrap(),
-            model_path: t.model_path.clone(),
-            url: t.url.clone(),
-            client: t.client.clone(),
-        };
+        let c = t.client_side();
         let id = id.clone();
         tokio::spawn(async move { c.get(&nc1_key(), &poll_params("nc-1", &id, "30")).await })
     };
@@ -383,13 +377,7 @@ async fn a_parked_poll_whose_node_is_removed_gets_404_at_once() {
     let t = TestServer::start(&[]).await;
     let id = t.current_id("nc-3").await;
     let poll = {
-        let c = TestServer {
-            server: None,
-            dir: tempfile::tempdir().unwrap(),
-            model_path: t.model_path.clone(),
-            url: t.url.clone(),
-            client: t.client.clone(),
-        };
+        let c = t.client_side();
         tokio::spawn(async move {
             let started = std::time::Instant::now();
             (

@@ -17,6 +17,20 @@ fn model_file(dir: &tempfile::TempDir) -> String {
     p.display().to_string()
 }
 
+/// Runs the binary on `model` without auth, to see how it refuses to start.
+fn start_with_model(model: &str) -> std::process::Output {
+    Command::new(BIN)
+        .args([
+            "--model",
+            model,
+            "--insecure-no-auth",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn refuses_to_start_without_authentication_in_one_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -34,32 +48,14 @@ fn refuses_to_start_without_authentication_in_one_line() {
 fn refuses_a_missing_or_invalid_model_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nope.json").display().to_string();
-    let out = Command::new(BIN)
-        .args([
-            "--model",
-            &missing,
-            "--insecure-no-auth",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .output()
-        .unwrap();
+    let out = start_with_model(&missing);
     assert_eq!(out.status.code(), Some(1));
     let bad = dir.path().join("bad.json");
     let mut m = sample_model();
     m["instances"][0]["private_ip"] = "10.9.9.9".into();
     m["instances"][1]["mac"] = "nope".into();
     std::fs::write(&bad, serde_json::to_vec(&m).unwrap()).unwrap();
-    let out = Command::new(BIN)
-        .args([
-            "--model",
-            bad.to_str().unwrap(),
-            "--insecure-no-auth",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .output()
-        .unwrap();
+    let out = start_with_model(bad.to_str().unwrap());
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("private_ip") && err.contains("mac"), "{err}");
@@ -247,11 +243,8 @@ async fn serves_https_with_the_given_certificate() {
         .build()
         .unwrap();
     let tls = TestServer {
-        server: None,
-        dir: tempfile::tempdir().unwrap(),
-        model_path: t.model_path.clone(),
-        url: t.url.clone(),
         client,
+        ..t.client_side()
     };
     let r = tls
         .get(

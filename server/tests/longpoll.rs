@@ -21,7 +21,7 @@ async fn a_parked_poll_is_woken_by_a_change_of_its_view() {
     assert_eq!(first.header("content-type"), Some("application/json"));
 
     let poll = {
-        let (t2, id) = (client_of(&t), id.clone());
+        let (t2, id) = (t.client_side(), id.clone());
         tokio::spawn(async move {
             let started = Instant::now();
             (
@@ -41,17 +41,6 @@ async fn a_parked_poll_is_woken_by_a_change_of_its_view() {
     t.shutdown().await;
 }
 
-/// A clone of the test server's client side, for use in spawned tasks.
-fn client_of(t: &TestServer) -> TestServer {
-    TestServer {
-        server: None,
-        dir: tempfile::tempdir().unwrap(),
-        model_path: t.model_path.clone(),
-        url: t.url.clone(),
-        client: t.client.clone(),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_targeted_change_wakes_exactly_the_nodes_whose_view_changed() {
     let t = TestServer::start(&[]).await;
@@ -59,7 +48,7 @@ async fn a_targeted_change_wakes_exactly_the_nodes_whose_view_changed() {
     for node in ["nc-1", "nc-2", "nc-3"] {
         let id = t.current_id(node).await;
         for _ in 0..3 {
-            let (c, id) = (client_of(&t), id.clone());
+            let (c, id) = (t.client_side(), id.clone());
             polls.push(tokio::spawn(async move {
                 let r = c.get(&admin_key(), &poll_params(node, &id, "4")).await;
                 (node, r.status, Instant::now())
@@ -109,7 +98,7 @@ async fn the_wait_expires_with_304_after_wait_seconds_plus_at_most_a_sixteenth()
 
     let mut polls = Vec::new();
     for wait in ["1", "1", "1", "1", "2", "2", "2", "2", "3600"] {
-        let (c, id) = (client_of(&t), id.clone());
+        let (c, id) = (t.client_side(), id.clone());
         polls.push(tokio::spawn(async move {
             let started = Instant::now();
             let r = c.get(&nc1_key(), &poll_params("nc-1", &id, wait)).await;
@@ -273,7 +262,7 @@ async fn no_poll_parks_on_a_stale_id_while_models_swap() {
     .to_owned();
     let mut pollers = Vec::new();
     for _ in 0..30 {
-        let (c, final_id) = (client_of(&t), final_id.clone());
+        let (c, final_id) = (t.client_side(), final_id.clone());
         pollers.push(tokio::spawn(async move {
             let mut held = String::new();
             let mut answers = 0;
@@ -308,7 +297,7 @@ async fn shutdown_answers_parked_polls_304_at_once() {
     let id = t.current_id("nc-3").await;
     let mut polls = Vec::new();
     for _ in 0..5 {
-        let (c, id) = (client_of(&t), id.clone());
+        let (c, id) = (t.client_side(), id.clone());
         polls.push(tokio::spawn(async move {
             c.get(&admin_key(), &poll_params("nc-3", &id, "60")).await
         }));

@@ -70,6 +70,17 @@ pub struct TestServer {
 }
 
 impl TestServer {
+    /// The client side of this server alone, for use in spawned tasks.
+    pub fn client_side(&self) -> TestServer {
+        TestServer {
+            server: None,
+            dir: tempfile::tempdir().unwrap(),
+            model_path: self.model_path.clone(),
+            url: self.url.clone(),
+            client: self.client.clone(),
+        }
+    }
+
     /// A server with the sample model, the three test keys and `extra` flags.
     pub async fn start(extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();

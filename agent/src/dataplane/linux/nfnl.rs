@@ -600,14 +600,14 @@ impl NfnlSocket {
     /// Send the batch and check every acknowledgement. The kernel handles a
     /// batch inside `send`, so every answer is queued when `send` returns.
     pub fn commit(&self, batch: &Batch) -> Result<(), NfnlError> {
-        self.drain_stale();
+        let mut buf = vec![0u8; 64 * 1024];
+        self.drain_stale(&mut buf);
         let sent = self.socket.send(&batch.bytes, 0).map_err(NfnlError::Send)?;
         if sent != batch.bytes.len() {
             return Err(NfnlError::Send(std::io::Error::other("short send")));
         }
         let expected = batch.messages();
         let mut acked = 0;
-        let mut buf = vec![0u8; 64 * 1024];
         while acked < expected {
             let len = match self.socket.recv(&mut &mut buf[..], 0) {
                 Ok(len) => len,
@@ -626,8 +626,7 @@ impl NfnlSocket {
 
     /// Answers left from an earlier batch that failed half-way through
     /// reading must not be taken for this one's.
-    fn drain_stale(&self) {
-        let mut buf = vec![0u8; 8192];
+    fn drain_stale(&self, buf: &mut [u8]) {
         while self.socket.recv(&mut &mut buf[..], 0).is_ok() {}
     }
 }
