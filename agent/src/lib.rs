@@ -3,6 +3,7 @@
 pub mod dataplane;
 pub mod desired;
 pub mod diff;
+pub mod incremental;
 pub mod render;
 
 // The control loop around them.

@@ -41,6 +41,10 @@ struct Values {
 pub struct Metrics {
     values: Mutex<Values>,
     drift_repairs: AtomicU64,
+    /// Passes that rendered the whole view, and passes that rendered only
+    /// the changed instances (`crate::incremental`).
+    full_passes: AtomicU64,
+    incremental_passes: AtomicU64,
 }
 
 impl Metrics {
@@ -87,6 +91,22 @@ impl Metrics {
 
     pub fn drift_repaired(&self) {
         self.drift_repairs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn render_pass(&self, incremental: bool) {
+        let counter = match incremental {
+            true => &self.incremental_passes,
+            false => &self.full_passes,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Render passes so far: (full, incremental).
+    pub fn render_passes(&self) -> (u64, u64) {
+        (
+            self.full_passes.load(Ordering::Relaxed),
+            self.incremental_passes.load(Ordering::Relaxed),
+        )
     }
 
     pub fn drift_repairs(&self) -> u64 {
@@ -162,6 +182,21 @@ impl Metrics {
             "Resyncs that found and repaired drift.",
         );
         let _ = writeln!(out, "edgenetd_drift_repairs_total {}", self.drift_repairs());
+        family(
+            &mut out,
+            "edgenetd_render_passes_total",
+            "counter",
+            "Reconcile passes, by how the view was rendered: in full, or only its changed instances.",
+        );
+        let (full, incremental) = self.render_passes();
+        let _ = writeln!(
+            out,
+            "edgenetd_render_passes_total{{render=\"full\"}} {full}"
+        );
+        let _ = writeln!(
+            out,
+            "edgenetd_render_passes_total{{render=\"incremental\"}} {incremental}"
+        );
         family(
             &mut out,
             "edgenetd_last_successful_apply_timestamp_seconds",

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, watch};
 use crate::dataplane::{Dataplane, DataplaneError};
 use crate::desired::{AddressEntry, DriftEvent, KernelState, RouteKey, RouteSpec};
 use crate::diff::{diff, Change, ChangeSet};
+use crate::incremental::{self, Baseline};
 use crate::metrics::Metrics;
 use crate::notify::SystemdNotifier;
 use crate::poller::{Backoff, Feedback};
@@ -79,6 +80,9 @@ pub struct Reconciler {
     notifier: SystemdNotifier,
     /// The kernel as we believe it is; `None` = read it in full first.
     actual: Option<KernelState>,
+    /// What the last apply rendered, for an incremental pass; `None` when
+    /// the next pass must render in full (see `crate::incremental`).
+    baseline: Option<Baseline>,
     /// The snapshot to converge to (the latest usable one).
     target: Option<Arc<Snapshot>>,
     backoff: Backoff,
@@ -108,6 +112,7 @@ impl Reconciler {
             feedback,
             notifier: SystemdNotifier::new(),
             actual: None,
+            baseline: None,
             target: None,
             backoff,
             retry_at: None,
@@ -262,12 +267,74 @@ impl Reconciler {
         }
     }
 
-    async fn apply(&mut self, target: &Snapshot) -> Result<usize, DataplaneError> {
-        let state_id = target.state_id.as_str();
+    async fn apply(&mut self, target: &Arc<Snapshot>) -> Result<usize, DataplaneError> {
+        // Only a state kept current by our own writes since the baseline's
+        // apply is what the incremental pass assumes; a read starts afresh.
+        let baseline = self.baseline.take();
         let actual = match self.actual.take() {
             Some(actual) => actual,
-            None => self.dataplane.read().await?,
+            None => {
+                let read = self.dataplane.read().await?;
+                return self.apply_in_full(target, read).await;
+            }
         };
+        let Some(baseline) = baseline else {
+            return self.apply_in_full(target, actual).await;
+        };
+        match incremental::plan(&baseline, target, &self.settings.render, &actual) {
+            Some(fragments) => {
+                self.apply_fragments(target, actual, baseline, fragments)
+                    .await
+            }
+            None => self.apply_in_full(target, actual).await,
+        }
+    }
+
+    /// The incremental pass: only the changed instances were rendered.
+    async fn apply_fragments(
+        &mut self,
+        target: &Arc<Snapshot>,
+        mut actual: KernelState,
+        baseline: Baseline,
+        fragments: incremental::Fragments,
+    ) -> Result<usize, DataplaneError> {
+        let Some(changes) = fragments.changes(&actual) else {
+            tracing::debug!("incremental pass does not fit the cached state; rendering in full");
+            return self.apply_in_full(target, actual).await;
+        };
+        self.metrics.render_pass(true);
+        let state_id = target.state_id.as_str();
+        if changes.is_empty() && actual.state_id.as_deref() == Some(state_id) {
+            drop(changes);
+            self.actual = Some(actual);
+            self.baseline = Some(baseline.advance(target.clone(), fragments));
+            return Ok(0);
+        }
+        let report = self
+            .dataplane
+            .apply(&changes, fragments.desired(), state_id)
+            .await?;
+        log_deferred(&report.deferred);
+        changes.apply_to(&mut actual, &report.deferred_changes());
+        actual.state_id = Some(state_id.to_string());
+        let made = changes.len();
+        self.deferred = report.deferred.iter().map(|d| d.change.line()).collect();
+        let clean = report.deferred.is_empty();
+        drop((report, changes));
+        self.actual = Some(actual);
+        if clean {
+            self.baseline = Some(baseline.advance(target.clone(), fragments));
+        }
+        Ok(made)
+    }
+
+    /// The full pass: render the whole view and diff it against `actual`.
+    async fn apply_in_full(
+        &mut self,
+        target: &Arc<Snapshot>,
+        actual: KernelState,
+    ) -> Result<usize, DataplaneError> {
+        let state_id = target.state_id.as_str();
         let Some(rendered) = target.render(&self.settings.render) else {
             self.actual = Some(actual);
             return Ok(0);
@@ -276,10 +343,13 @@ impl Reconciler {
         // reported through ApplyError like the rest.
         self.render_left_out = rendered.left_out;
         let desired = rendered.desired;
+        self.metrics.render_pass(false);
+        let baseline = Baseline::after_full_render(target.clone(), rendered.usage);
         let changes = diff(&actual, &desired);
         if changes.is_empty() && actual.state_id.as_deref() == Some(state_id) {
             drop(changes);
             self.actual = Some(actual);
+            self.baseline = baseline;
             return Ok(0);
         }
         let report = self.dataplane.apply(&changes, &desired, state_id).await?;
@@ -295,6 +365,9 @@ impl Reconciler {
             self.metrics.drift_repaired();
         }
         self.deferred = report.deferred.iter().map(|d| d.change.line()).collect();
+        if self.deferred.is_empty() {
+            self.baseline = baseline;
+        }
         let made = changes.len();
         let kept = KernelAfter::new(&actual, &desired, &report.deferred_changes());
         drop((report, changes));

@@ -21,7 +21,7 @@
 //! (`iifname . ether saddr`, ARP sender MAC too), `port_ips4` / `port_ips6`
 //! (`iifname . ip saddr`, ARP sender IP too); DHCP from 0.0.0.0 excepted.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 use compact_str::{format_compact, ToCompactString};
@@ -51,6 +51,25 @@ pub struct Rendered {
     pub desired: KernelState,
     /// One line per entity left out: `instances[i-1].private_ip: ...`.
     pub left_out: Vec<String>,
+    /// Who uses what the rendered instances share (for `incremental`).
+    pub usage: Usage,
+}
+
+/// What the rendered instances share, counted, and what no two of them
+/// may share: the incremental pass (`crate::incremental`) must neither
+/// remove an object that other instances still use nor render an instance
+/// that the full render would leave out as a duplicate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Security group id → instances whose `in_<id>` chain jumps to `sg_<g>`.
+    pub groups: HashMap<String, usize>,
+    /// Subnet gateway address on the bridge → instances that need it.
+    pub gateways: HashMap<AddressEntry, usize>,
+    /// MAC addresses of the rendered instances, as 48-bit numbers (a MAC is
+    /// the one instance key that no kernel object is keyed by alone).
+    pub macs: HashSet<u64>,
+    /// Instances of the view that were not rendered (invalid or duplicate).
+    pub instances_left_out: usize,
 }
 
 pub const FORWARD_CHAIN: &str = "forward";
@@ -98,6 +117,7 @@ pub fn render(view: &NodeView, settings: &RenderSettings) -> Rendered {
     Rendered {
         desired: r.state,
         left_out: r.left_out,
+        usage: r.usage,
     }
 }
 
@@ -129,6 +149,7 @@ struct Renderer<'a> {
     settings: &'a RenderSettings,
     state: KernelState,
     left_out: Vec<String>,
+    usage: Usage,
     inet: NftTable,
     bridge: NftTable,
     /// Elements of `inet`'s and `bridge`'s sets, made into the sets' maps
@@ -160,6 +181,7 @@ impl<'a> Renderer<'a> {
             settings,
             state: KernelState::default(),
             left_out: Vec::new(),
+            usage: Usage::default(),
             inet: NftTable::default(),
             bridge: NftTable::default(),
             inet_elements: StagedElements::default(),
@@ -523,12 +545,17 @@ impl<'a> Renderer<'a> {
                     match duplicate {
                         Some(why) => {
                             self.leave_out(format!("instances[{}].{why}", instance.id));
+                            self.usage.instances_left_out += 1;
                         }
-                        None => parsed.push(p),
+                        None => {
+                            self.usage.macs.insert(mac_bits(&p.mac));
+                            parsed.push(p);
+                        }
                     }
                 }
                 Err(why) => {
                     self.leave_out(format!("instances[{}].{why}", instance.id));
+                    self.usage.instances_left_out += 1;
                     self.fail_closed(instance, &seen_private);
                 }
             }
@@ -630,6 +657,7 @@ impl<'a> Renderer<'a> {
                     continue;
                 }
                 used.insert(group.as_str());
+                count_use(&mut self.usage.groups, group);
                 rules.push(vec![Stmt::Jump(sg_chain_name(group))]);
             }
             rules.push(vec![Stmt::Drop]);
@@ -753,25 +781,17 @@ impl<'a> Renderer<'a> {
         if self.inet.sets.contains_key(&v4) {
             return;
         }
-        let mut sets = [
-            NftSet::plain(IpFamily::V4.addr_type(), false),
-            NftSet::plain(IpFamily::V6.addr_type(), false),
-        ];
-        let members = self.view.group_members.get(group);
-        let mut elements = [Vec::new(), Vec::new()];
-        for (index, text) in members.into_iter().flatten().enumerate() {
-            match text.parse::<IpAddr>() {
-                Ok(ip) => {
-                    let which = usize::from(ip.is_ipv6());
-                    elements[which].push((ip.to_compact_string(), None));
-                }
-                Err(_) => self.leave_out(format!(
-                    "group_members[{group}][{index}]: not an IP address: {text:?}"
-                )),
-            }
-        }
-        for (set, elements) in sets.iter_mut().zip(elements) {
-            set.elements = elements.into_iter().collect();
+        let members = self
+            .view
+            .group_members
+            .get(group)
+            .map_or(&[][..], Vec::as_slice);
+        let (sets, unreadable) = group_member_sets(members);
+        for index in unreadable {
+            self.leave_out(format!(
+                "group_members[{group}][{index}]: not an IP address: {:?}",
+                members[index]
+            ));
         }
         let [set4, set6] = sets;
         self.inet.sets.insert(v4, set4);
@@ -807,11 +827,18 @@ impl<'a> Renderer<'a> {
             if let (Some(gateway), true, true) =
                 (p.subnet.gateway, node.gateway_on_bridge(), bridge_ok)
             {
-                self.state.addresses.insert(AddressEntry {
+                let entry = AddressEntry {
                     device: node.bridge.clone(),
                     addr: gateway,
                     prefix_len: p.subnet.cidr.prefix_len(),
-                });
+                };
+                match self.usage.gateways.get_mut(&entry) {
+                    Some(users) => *users += 1,
+                    None => {
+                        self.usage.gateways.insert(entry.clone(), 1);
+                    }
+                }
+                self.state.addresses.insert(entry);
             }
         }
     }
@@ -1066,6 +1093,42 @@ pub fn valid_interface(name: &str) -> bool {
 }
 
 /// A unicast MAC in the lower-case colon form the kernel prints back.
+/// A group's member sets, IPv4 and IPv6, and the positions of the members
+/// that are not IP addresses.
+pub(crate) fn group_member_sets(members: &[String]) -> ([NftSet; 2], Vec<usize>) {
+    let mut elements = [Vec::new(), Vec::new()];
+    let mut unreadable = Vec::new();
+    for (index, text) in members.iter().enumerate() {
+        match text.parse::<IpAddr>() {
+            Ok(ip) => elements[usize::from(ip.is_ipv6())].push((ip.to_compact_string(), None)),
+            Err(_) => unreadable.push(index),
+        }
+    }
+    let mut sets = FAMILIES.map(|family| NftSet::plain(family.addr_type(), false));
+    for (set, elements) in sets.iter_mut().zip(elements) {
+        set.elements = elements.into_iter().collect();
+    }
+    (sets, unreadable)
+}
+
+/// Counts one more user of `key`, allocating the key only for its first.
+fn count_use(counts: &mut HashMap<String, usize>, key: &str) {
+    match counts.get_mut(key) {
+        Some(count) => *count += 1,
+        None => {
+            counts.insert(key.to_string(), 1);
+        }
+    }
+}
+
+/// A MAC as `parse_unicast_mac` prints it, as a number.
+fn mac_bits(canonical: &str) -> u64 {
+    canonical
+        .bytes()
+        .filter_map(|b| (b as char).to_digit(16))
+        .fold(0, |bits, digit| bits << 4 | u64::from(digit))
+}
+
 fn parse_unicast_mac(text: &str) -> Option<String> {
     let bytes: Vec<u8> = text
         .split(':')

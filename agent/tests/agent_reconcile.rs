@@ -260,3 +260,62 @@ async fn a_partly_invalid_view_is_applied_without_the_bad_entity() {
     assert!(!kernel.routes.is_empty(), "the rest is applied");
     agent.stop().await;
 }
+
+/// The model with `change` made to it, as the node's snapshot.
+fn snapshot_of(change: impl FnOnce(&mut Value)) -> Arc<Snapshot> {
+    let mut model = sample_model();
+    change(&mut model);
+    let model = edgenet_model::parse_model(&serde_json::to_vec(&model).unwrap()).unwrap();
+    let view = edgenet_model::view_for(&model, NODE).unwrap();
+    let id = view.state_id().as_str().to_string();
+    Arc::new(Snapshot::from_view(NODE, id, &view))
+}
+
+/// Launching and terminating instances renders only those instances
+/// (`edgenet_agent::incremental`), and leaves the kernel exactly as a full
+/// render of the same view would; a change to anything else renders in full.
+#[tokio::test]
+async fn instance_changes_render_incrementally_and_end_as_a_full_render_would() {
+    let agent = start(Duration::from_secs(3600));
+    let launched = json!({
+        "id": "i-0a1b2c99", "node": NODE, "subnet": "subnet-a", "interface": "vn_i-0a1b2c99",
+        "mac": "d0:0d:0a:1b:2c:99", "private_ip": "10.1.0.99", "public_ip": "203.0.113.9",
+        "security_groups": ["sg-web"]
+    });
+    let steps = [
+        snapshot_of(|_| {}),
+        snapshot_of(|m| {
+            m["instances"]
+                .as_array_mut()
+                .unwrap()
+                .push(launched.clone())
+        }),
+        snapshot_of(|m| {
+            let instances = m["instances"].as_array_mut().unwrap();
+            instances.push(launched.clone());
+            instances.remove(0);
+        }),
+        snapshot_of(|m| {
+            m["instances"].as_array_mut().unwrap().remove(0);
+            m["routes"].as_array_mut().unwrap().push(json!({
+                "node": NODE, "destination": "10.77.0.0/16", "gateway": "10.1.0.254"
+            }));
+        }),
+    ];
+    for snapshot in &steps {
+        agent.snapshots.send_replace(Some(snapshot.clone()));
+        agent.wait_applied(&snapshot.state_id).await;
+        let full = snapshot.render(&Default::default()).unwrap().desired;
+        let kernel = agent.dataplane.kernel();
+        let left = edgenet_agent::diff::diff(&kernel, &full);
+        assert!(
+            left.is_empty(),
+            "{}:\n{}",
+            snapshot.state_id,
+            left.render_text(NODE, None, "full")
+        );
+    }
+    // The first and the last pass render in full, the two between do not.
+    assert_eq!(agent.metrics.render_passes(), (2, 2));
+    agent.stop().await;
+}

@@ -24,8 +24,12 @@ pub trait Dataplane: Send {
     /// Everything of ours in the kernel, with the applied state id.
     async fn read(&mut self) -> Result<KernelState, DataplaneError>;
 
-    /// Make `changes` (the diff of the last read, or of the cached actual
-    /// state, against `desired`) and record `state_id`.
+    /// Make `changes` and record `state_id`.
+    ///
+    /// `changes` are the diff of the last read against `desired`, or, when
+    /// no read came between, of the cached actual state against it; then
+    /// `desired` may be a fragment (`crate::incremental`): what the changes
+    /// lead to, holding every chain and set they touch, but not the rest.
     ///
     /// nftables changes are all-or-nothing: on `Err` none of them was made.
     /// Route and address changes the kernel cannot take yet (a device not
