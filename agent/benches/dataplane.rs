@@ -15,20 +15,25 @@
 //! - by one `ip`/`nft` exec per object (the ancestor's style) on a sample
 //!   of 1,000 objects, scaled to the whole,
 //!
-//! then one instance added and one removed incrementally (against the
-//! actual state kept current by our own writes, as the agent does).
+//! then one instance added and one removed incrementally (the agent's
+//! incremental pass, against the actual state kept current by our own
+//! writes), with each stage timed: plan (compare the views, render the
+//! changed instances), diff and the kernel write.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::File;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use edgenet_agent::dataplane::linux::{nft::ruleset_text, LinuxConfig, LinuxDataplane};
 use edgenet_agent::dataplane::Dataplane;
 use edgenet_agent::desired::KernelState;
 use edgenet_agent::diff::diff;
+use edgenet_agent::incremental::{self, Baseline};
 use edgenet_agent::render::{render, RenderSettings};
+use edgenet_agent::source::Snapshot;
 use edgenet_model::*;
 use nix::sched::{setns, CloneFlags};
 
@@ -352,14 +357,21 @@ fn print_incremental(n: usize, full: Option<Duration>) {
             "all through nft"
         };
         println!(
-            "incremental, {n} instances, {path}: add one {:.1} ms ({:.2} % of a {:.0} ms full apply; \
-             diff {:.1} ms of it), remove one {:.1} ms ({:.2} %); full read {:.0} ms",
-            ms(run.add),
-            share(run.add),
+            "incremental, {n} instances, {path} (median of {ROUNDS}): add one {:.1} ms ({:.2} % of a \
+             {:.0} ms full apply) = {}; remove one {:.1} ms ({:.2} %) = {}",
+            ms(run.add.total()),
+            share(run.add.total()),
             ms(full),
-            ms(run.diff_add),
-            ms(run.remove),
-            share(run.remove),
+            run.add,
+            ms(run.remove.total()),
+            share(run.remove.total()),
+            run.remove,
+        );
+        println!(
+            "  for comparison, same run: full render+diff of the added-to view {:.1} ms; \
+             view intake (JSON parse + sanitize, the source's work) {:.1} ms; full read {:.0} ms",
+            ms(run.full_render_diff),
+            ms(run.intake),
             ms(run.resync)
         );
     }
@@ -490,20 +502,60 @@ fn per_object_exec(n: usize) -> Duration {
     })
 }
 
+/// Add/remove rounds per incremental run; each stage is the median.
+const ROUNDS: usize = 5;
+
 /// What the incremental run measured.
 struct Incremental {
     full: Duration,
-    add: Duration,
-    /// Of `add`, the diff alone.
-    diff_add: Duration,
-    remove: Duration,
+    add: Pass,
+    remove: Pass,
     resync: Duration,
+    /// The full render and diff the incremental pass replaces, for the add.
+    full_render_diff: Duration,
+    /// JSON parse and sanitize of the added-to view (before any pass).
+    intake: Duration,
 }
 
-/// Add one instance to the applied state, then remove it, each as the
-/// agent does it: render, diff against the actual state kept current by
-/// our own writes, apply. `fast_path` off sends every change through `nft`
-/// (the baseline for the nfnetlink fast path).
+/// The stages of one incremental pass.
+#[derive(Clone, Copy)]
+struct Pass {
+    /// Compare the views, render the changed instances twice.
+    plan: Duration,
+    /// Changes between the fragments, checked against the cached state.
+    diff: Duration,
+    /// The kernel write (batch built, committed, acknowledged) and the
+    /// cached state brought up to date.
+    apply: Duration,
+}
+
+impl Pass {
+    fn total(&self) -> Duration {
+        self.plan + self.diff + self.apply
+    }
+
+    fn median(mut passes: Vec<Pass>) -> Pass {
+        passes.sort_by_key(Pass::total);
+        passes[passes.len() / 2]
+    }
+}
+
+impl std::fmt::Display for Pass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "plan {:.2} + diff {:.2} + kernel {:.1} ms",
+            ms(self.plan),
+            ms(self.diff),
+            ms(self.apply)
+        )
+    }
+}
+
+/// Add one instance to the applied state, then remove it, `ROUNDS` times,
+/// each as the agent does it: the incremental pass against the actual
+/// state kept current by our own writes. `fast_path` off sends every change
+/// through `nft` (the baseline for the nfnetlink fast path).
 fn incremental(n: usize, fast_path: bool) -> Incremental {
     let ns = NetNs::fresh("incr");
     ns.run(move || {
@@ -515,56 +567,99 @@ fn incremental(n: usize, fast_path: bool) -> Incremental {
             };
             let mut dp = LinuxDataplane::new(config).unwrap();
             let base_view = view(n);
+            let base = Arc::new(Snapshot::from_view("nc-1", "v1-base".into(), &base_view));
             let start = Instant::now();
-            let base = render(&base_view, &settings()).desired;
+            let rendered = base.render(&settings()).unwrap();
             let empty = dp.read().await.unwrap();
-            let changes = diff(&empty, &base);
-            dp.apply(&changes, &base, "v1-base").await.unwrap();
+            let changes = diff(&empty, &rendered.desired);
+            dp.apply(&changes, &rendered.desired, "v1-base")
+                .await
+                .unwrap();
             let full = start.elapsed();
             drop(changes);
-            // As the agent does: after an apply, the kernel is the desired state.
-            let actual = base.clone();
+            let base_desired = rendered.desired.clone();
+            let mut actual = rendered.desired;
+            let mut baseline = Baseline::after_full_render(base.clone(), rendered.usage).unwrap();
             let start = Instant::now();
             let read_back = dp.read().await.unwrap();
             let resync = start.elapsed();
-            assert!(diff(&read_back, &base).is_empty());
+            assert!(diff(&read_back, &base_desired).is_empty());
+            drop(read_back);
 
-            let mut bigger = base_view.clone();
-            let groups = bigger.security_groups.len();
-            let extra = instance(n, groups);
-            if let Some(members) = bigger.group_members.get_mut(&extra.security_groups()[0]) {
-                members.push(extra.private_ip.clone());
-            }
-            bigger.instances.push(extra);
+            let bigger = serde_json::to_vec(&with_one_more_instance(&base_view)).unwrap();
+            let start = Instant::now();
+            let parsed: NodeView = serde_json::from_slice(&bigger).unwrap();
+            let plus = Arc::new(Snapshot::from_view("nc-1", "v1-plus".into(), &parsed));
+            let intake = start.elapsed();
+            let start = Instant::now();
+            let plus_desired = plus.render(&settings()).unwrap().desired;
+            let changes = diff(&actual, &plus_desired);
+            let full_render_diff = start.elapsed();
+            drop(changes);
 
-            let plus = render(&bigger, &settings()).desired;
             let batches = dp.counters();
-            let start = Instant::now();
-            let changes = diff(&actual, &plus);
-            let diff_add = start.elapsed();
-            dp.apply(&changes, &plus, "v1-plus").await.unwrap();
-            let add = start.elapsed();
-            drop(changes);
-            let actual = plus;
-
-            let start = Instant::now();
-            let changes = diff(&actual, &base);
-            dp.apply(&changes, &base, "v1-base").await.unwrap();
-            let remove = start.elapsed();
-            drop(changes);
+            let (mut adds, mut removes) = (Vec::new(), Vec::new());
+            for _ in 0..ROUNDS {
+                let (pass, next) = incremental_pass(&mut dp, &mut actual, baseline, &plus).await;
+                adds.push(pass);
+                let (pass, next) = incremental_pass(&mut dp, &mut actual, next, &base).await;
+                removes.push(pass);
+                baseline = next;
+            }
             let fast_batches = batches
                 .nft_fast_batches
                 .load(std::sync::atomic::Ordering::Relaxed);
-            assert_eq!(fast_batches, if fast_path { 2 } else { 0 });
+            assert_eq!(fast_batches, if fast_path { 2 * ROUNDS as u64 } else { 0 });
             let back = dp.read().await.unwrap();
-            assert!(diff(&back, &base).is_empty());
+            assert!(diff(&back, &base_desired).is_empty());
             Incremental {
                 full,
-                add,
-                diff_add,
-                remove,
+                add: Pass::median(adds),
+                remove: Pass::median(removes),
                 resync,
+                full_render_diff,
+                intake,
             }
         })
     })
+}
+
+fn with_one_more_instance(base: &NodeView) -> NodeView {
+    let mut bigger = base.clone();
+    let extra = instance(base.instances.len(), bigger.security_groups.len());
+    if let Some(members) = bigger.group_members.get_mut(&extra.security_groups()[0]) {
+        members.push(extra.private_ip.clone());
+    }
+    bigger.instances.push(extra);
+    bigger
+}
+
+/// One pass from `baseline` to `next`, as `Reconciler` makes it.
+async fn incremental_pass(
+    dp: &mut LinuxDataplane,
+    actual: &mut KernelState,
+    baseline: Baseline,
+    next: &Arc<Snapshot>,
+) -> (Pass, Baseline) {
+    let start = Instant::now();
+    let fragments = incremental::plan(&baseline, next, &settings(), actual)
+        .expect("an instance launched or terminated plans incrementally");
+    let plan = start.elapsed();
+    let start = Instant::now();
+    let changes = fragments
+        .changes(actual)
+        .expect("the pass fits the cached state");
+    let diff = start.elapsed();
+    let start = Instant::now();
+    let report = dp
+        .apply(&changes, fragments.desired(), &next.state_id)
+        .await
+        .unwrap();
+    assert!(report.deferred.is_empty());
+    changes.apply_to(actual, &[]);
+    actual.state_id = Some(next.state_id.clone());
+    let apply = start.elapsed();
+    drop((report, changes));
+    let pass = Pass { plan, diff, apply };
+    (pass, baseline.advance(next.clone(), fragments))
 }

@@ -28,7 +28,7 @@
 //! test holds it to that.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use edgenet_model::{Instance, NodeView};
@@ -206,6 +206,10 @@ fn changed_groups(
 /// `view` with only `instances` and the members of `groups`: what render
 /// needs to render those instances exactly as the full view would.
 fn sub_view(view: &NodeView, instances: Vec<&Instance>, groups: &[String]) -> NodeView {
+    // Of the groups only those the instances name: render looks up no
+    // other (a rule's group reference reads `group_members`), and cloning
+    // a thousand groups' rules would cost more than the rest of the pass.
+    let named: HashSet<&String> = instances.iter().flat_map(|i| i.security_groups()).collect();
     NodeView {
         group_members: groups
             .iter()
@@ -218,7 +222,12 @@ fn sub_view(view: &NodeView, instances: Vec<&Instance>, groups: &[String]) -> No
         // Routes depend on nothing an instance changes; they are equal.
         routes: Vec::new(),
         schema: view.schema,
-        security_groups: view.security_groups.clone(),
+        security_groups: view
+            .security_groups
+            .iter()
+            .filter(|g| named.contains(&g.id))
+            .cloned()
+            .collect(),
         subnets: view.subnets.clone(),
     }
 }
