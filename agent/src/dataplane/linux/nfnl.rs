@@ -564,7 +564,24 @@ impl BatchBuilder {
         self.new_chain(&table, STATE_CHAIN);
         self.flush_chain(&table, STATE_CHAIN);
         let comment = format!("{STATE_COMMENT_PREFIX}{state_id}");
-        self.verdict_rule(&table, STATE_CHAIN, NFT_RETURN, None, &comment);
+        self.counter_rule(&table, STATE_CHAIN, &comment);
+    }
+
+    /// A rule of one `counter` (no verdict, so no jump-graph validation at
+    /// commit; see `nft::state_commands`).
+    fn counter_rule(&mut self, table: &TableId, chain: &str, comment: &str) {
+        let purpose = format!("add a rule to chain {table} {chain}");
+        let flags = NLM_F_CREATE | NLM_F_APPEND;
+        self.message(NFT_MSG_NEWRULE, flags, table, purpose, |a| {
+            a.put_str(NFTA_RULE_TABLE, &table.name);
+            a.put_str(NFTA_RULE_CHAIN, chain);
+            a.nest(NFTA_RULE_EXPRESSIONS, |exprs| {
+                exprs.nest(NFTA_LIST_ELEM, |expr| {
+                    expr.put_str(NFTA_EXPR_NAME, "counter")
+                });
+            });
+            a.put(NFTA_RULE_USERDATA, &comment_udata(comment));
+        });
     }
 }
 

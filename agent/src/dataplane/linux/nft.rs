@@ -1139,19 +1139,23 @@ pub fn build_transaction<'c>(
 
 /// Record the state id: chain `state` in `inet edgenet` holds one rule
 /// whose comment is the id. Never jumped to, so it filters nothing.
+///
+/// The rule is a `counter`, not a verdict: a new rule holding any verdict
+/// makes the kernel validate the table's whole jump graph at commit (every
+/// element of the instance maps, every chain behind them), 45 ms at 50,000
+/// instances against 3 ms for a counter, and the state id is written at
+/// every apply, even one that only adds a map element.
 fn state_commands(state_id: &str) -> Vec<NftCommand> {
     let id = TableId::ours(Family::Inet);
-    let rule = NftRule {
-        hash: RuleHash([0; 10]),
-        statements: vec![Stmt::Return],
+    let add_rule = cmd(NfCmd::Add(NfListObject::Rule(schema::Rule {
+        family: nf_family(id.family),
+        table: Cow::Owned(id.name.clone()),
+        chain: Cow::Borrowed(STATE_CHAIN),
+        expr: Cow::Owned(vec![Statement::Counter(stmt::Counter::Anonymous(None))]),
         handle: None,
-    };
-    let add_rule = rule_with_comment(
-        &id,
-        STATE_CHAIN,
-        &rule,
-        format!("{STATE_COMMENT_PREFIX}{state_id}"),
-    );
+        index: None,
+        comment: Some(Cow::Owned(format!("{STATE_COMMENT_PREFIX}{state_id}"))),
+    })));
     vec![
         cmd(NfCmd::Add(table_object(&id))),
         cmd(NfCmd::Add(NfListObject::Chain(chain_object(
