@@ -450,6 +450,17 @@ fn public_ip_moves_to_an_instance_on_the_other_node() {
     cloud.wait_converged(CONVERGE).unwrap();
     assert!(!kernel::has_address(cloud.node("nc-1"), "eth0", "203.0.113.5/32").unwrap());
     assert!(kernel::has_address(cloud.node("nc-2"), "eth0", "203.0.113.5/32").unwrap());
+    // Only instances changed: each node rendered just those (the packets
+    // below check what that pass wrote).
+    for node in ["nc-1", "nc-2"] {
+        let metrics = cloud.agent_metrics(node).unwrap();
+        let series = "edgenetd_render_passes_total{render=\"incremental\"}";
+        let passes = edgenet_e2e::cloud::metric_value(&metrics, series);
+        assert!(
+            passes.is_some_and(|n| n >= 1.0),
+            "{node}: {series}:\n{metrics}"
+        );
+    }
     let internet = &cloud.internet;
     // The internet's ARP entry still names nc-1's MAC: edgenetd sends no
     // gratuitous ARP for a moved address (DATAPLANE.md asks for none), so
