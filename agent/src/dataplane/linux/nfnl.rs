@@ -479,19 +479,39 @@ impl BatchBuilder {
         target: Option<&str>,
         comment: &str,
     ) {
+        self.one_expression_rule(table, chain, comment, |expr| {
+            expr.put_str(NFTA_EXPR_NAME, "immediate");
+            expr.nest(NFTA_EXPR_DATA, |imm| {
+                imm.put_be32(NFTA_IMMEDIATE_DREG, NFT_REG_VERDICT);
+                imm.verdict(NFTA_IMMEDIATE_DATA, code, target);
+            });
+        });
+    }
+
+    /// A rule of one `counter` (no verdict, so no jump-graph validation at
+    /// commit; see `nft::state_commands`).
+    fn counter_rule(&mut self, table: &TableId, chain: &str, comment: &str) {
+        self.one_expression_rule(table, chain, comment, |expr| {
+            expr.put_str(NFTA_EXPR_NAME, "counter")
+        });
+    }
+
+    /// A rule appended to `chain` holding the one expression `expression`
+    /// writes, and `comment`.
+    fn one_expression_rule(
+        &mut self,
+        table: &TableId,
+        chain: &str,
+        comment: &str,
+        expression: impl FnOnce(&mut Attrs),
+    ) {
         let purpose = format!("add a rule to chain {table} {chain}");
         let flags = NLM_F_CREATE | NLM_F_APPEND;
         self.message(NFT_MSG_NEWRULE, flags, table, purpose, |a| {
             a.put_str(NFTA_RULE_TABLE, &table.name);
             a.put_str(NFTA_RULE_CHAIN, chain);
             a.nest(NFTA_RULE_EXPRESSIONS, |exprs| {
-                exprs.nest(NFTA_LIST_ELEM, |expr| {
-                    expr.put_str(NFTA_EXPR_NAME, "immediate");
-                    expr.nest(NFTA_EXPR_DATA, |imm| {
-                        imm.put_be32(NFTA_IMMEDIATE_DREG, NFT_REG_VERDICT);
-                        imm.verdict(NFTA_IMMEDIATE_DATA, code, target);
-                    });
-                });
+                exprs.nest(NFTA_LIST_ELEM, expression);
             });
             a.put(NFTA_RULE_USERDATA, &comment_udata(comment));
         });
@@ -565,23 +585,6 @@ impl BatchBuilder {
         self.flush_chain(&table, STATE_CHAIN);
         let comment = format!("{STATE_COMMENT_PREFIX}{state_id}");
         self.counter_rule(&table, STATE_CHAIN, &comment);
-    }
-
-    /// A rule of one `counter` (no verdict, so no jump-graph validation at
-    /// commit; see `nft::state_commands`).
-    fn counter_rule(&mut self, table: &TableId, chain: &str, comment: &str) {
-        let purpose = format!("add a rule to chain {table} {chain}");
-        let flags = NLM_F_CREATE | NLM_F_APPEND;
-        self.message(NFT_MSG_NEWRULE, flags, table, purpose, |a| {
-            a.put_str(NFTA_RULE_TABLE, &table.name);
-            a.put_str(NFTA_RULE_CHAIN, chain);
-            a.nest(NFTA_RULE_EXPRESSIONS, |exprs| {
-                exprs.nest(NFTA_LIST_ELEM, |expr| {
-                    expr.put_str(NFTA_EXPR_NAME, "counter")
-                });
-            });
-            a.put(NFTA_RULE_USERDATA, &comment_udata(comment));
-        });
     }
 }
 
