@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, watch};
 use crate::dataplane::{Dataplane, DataplaneError};
 use crate::desired::{AddressEntry, DriftEvent, KernelState, RouteKey, RouteSpec};
 use crate::diff::{diff, Change, ChangeSet};
+use crate::heap;
 use crate::metrics::Metrics;
 use crate::notify::SystemdNotifier;
 use crate::poller::{Backoff, Feedback};
@@ -244,9 +245,13 @@ impl Reconciler {
             return Ok(None);
         }
         let started = Instant::now();
-        match self.apply(&target).await {
+        let outcome = self.apply(&target).await;
+        let took = started.elapsed();
+        // Everything the pass allocated beyond the state it keeps (render,
+        // diff, the nft transaction, a resync's read-back) is freed by now.
+        heap::release_freed_pages();
+        match outcome {
             Ok(changes) => {
-                let took = started.elapsed();
                 self.succeeded(&target, changes, took);
                 Ok(Some(Applied {
                     state_id: target.state_id.clone(),
@@ -256,7 +261,7 @@ impl Reconciler {
             }
             Err(error) if !error.is_retryable() => Err(ReconcileError::Fatal(error)),
             Err(error) => {
-                self.failed(&error, started.elapsed());
+                self.failed(&error, took);
                 Ok(None)
             }
         }
