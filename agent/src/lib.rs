@@ -10,6 +10,7 @@ pub mod render;
 pub mod cli;
 pub mod config;
 pub mod dryrun;
+pub mod heap;
 pub mod metrics;
 pub mod notify;
 pub mod poller;

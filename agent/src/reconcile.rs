@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, watch};
 use crate::dataplane::{Dataplane, DataplaneError};
 use crate::desired::{AddressEntry, DriftEvent, KernelState, RouteKey, RouteSpec};
 use crate::diff::{diff, Change, ChangeSet};
+use crate::heap;
 use crate::incremental::{self, Baseline};
 use crate::metrics::Metrics;
 use crate::notify::SystemdNotifier;
@@ -249,9 +250,16 @@ impl Reconciler {
             return Ok(None);
         }
         let started = Instant::now();
-        match self.apply(&target).await {
+        let outcome = self.apply(&target).await;
+        let took = started.elapsed();
+        // Everything a full pass allocated beyond the state it keeps (render,
+        // diff, the nft transaction, a resync's read-back) is freed by now;
+        // an incremental pass allocates too little to be worth the trim.
+        if outcome.as_ref().map_or(true, |pass| pass.in_full) {
+            heap::release_freed_pages();
+        }
+        match outcome.map(|pass| pass.changes) {
             Ok(changes) => {
-                let took = started.elapsed();
                 self.succeeded(&target, changes, took);
                 Ok(Some(Applied {
                     state_id: target.state_id.clone(),
@@ -261,13 +269,13 @@ impl Reconciler {
             }
             Err(error) if !error.is_retryable() => Err(ReconcileError::Fatal(error)),
             Err(error) => {
-                self.failed(&error, started.elapsed());
+                self.failed(&error, took);
                 Ok(None)
             }
         }
     }
 
-    async fn apply(&mut self, target: &Arc<Snapshot>) -> Result<usize, DataplaneError> {
+    async fn apply(&mut self, target: &Arc<Snapshot>) -> Result<Pass, DataplaneError> {
         // Only a state kept current by our own writes since the baseline's
         // apply is what the incremental pass assumes; a read starts afresh.
         let baseline = self.baseline.take();
@@ -297,7 +305,7 @@ impl Reconciler {
         mut actual: KernelState,
         baseline: Baseline,
         fragments: incremental::Fragments,
-    ) -> Result<usize, DataplaneError> {
+    ) -> Result<Pass, DataplaneError> {
         let Some(changes) = fragments.changes(&actual) else {
             tracing::debug!("incremental pass does not fit the cached state; rendering in full");
             return self.apply_in_full(target, actual).await;
@@ -308,7 +316,7 @@ impl Reconciler {
             drop(changes);
             self.actual = Some(actual);
             self.baseline = Some(baseline.advance(target.clone(), fragments));
-            return Ok(0);
+            return Ok(Pass::incremental(0));
         }
         let report = self
             .dataplane
@@ -325,7 +333,7 @@ impl Reconciler {
         if clean {
             self.baseline = Some(baseline.advance(target.clone(), fragments));
         }
-        Ok(made)
+        Ok(Pass::incremental(made))
     }
 
     /// The full pass: render the whole view and diff it against `actual`.
@@ -333,11 +341,11 @@ impl Reconciler {
         &mut self,
         target: &Arc<Snapshot>,
         actual: KernelState,
-    ) -> Result<usize, DataplaneError> {
+    ) -> Result<Pass, DataplaneError> {
         let state_id = target.state_id.as_str();
         let Some(rendered) = target.render(&self.settings.render) else {
             self.actual = Some(actual);
-            return Ok(0);
+            return Ok(Pass::in_full(0));
         };
         // What render could not use (beyond what sanitizing left out) is
         // reported through ApplyError like the rest.
@@ -350,7 +358,7 @@ impl Reconciler {
             drop(changes);
             self.actual = Some(actual);
             self.baseline = baseline;
-            return Ok(0);
+            return Ok(Pass::in_full(0));
         }
         let report = self.dataplane.apply(&changes, &desired, state_id).await?;
         log_deferred(&report.deferred);
@@ -372,7 +380,7 @@ impl Reconciler {
         let kept = KernelAfter::new(&actual, &desired, &report.deferred_changes());
         drop((report, changes));
         self.actual = Some(kept.apply(desired, state_id));
-        Ok(made)
+        Ok(Pass::in_full(made))
     }
 
     fn succeeded(&mut self, target: &Snapshot, changes: usize, took: Duration) {
@@ -444,6 +452,29 @@ impl Reconciler {
         let base = self.settings.resync.as_secs_f64();
         let factor = rand::thread_rng().gen_range(0.9..=1.1);
         Duration::from_secs_f64(base * factor)
+    }
+}
+
+/// What one pass did: the kernel changes it made, and whether it rendered
+/// the whole view (or read the kernel) rather than only what changed.
+struct Pass {
+    changes: usize,
+    in_full: bool,
+}
+
+impl Pass {
+    fn in_full(changes: usize) -> Pass {
+        Pass {
+            changes,
+            in_full: true,
+        }
+    }
+
+    fn incremental(changes: usize) -> Pass {
+        Pass {
+            changes,
+            in_full: false,
+        }
     }
 }
 
