@@ -643,7 +643,7 @@ async fn incremental_pass(
 ) -> (Pass, Baseline) {
     let start = Instant::now();
     let fragments = incremental::plan(&baseline, next, &settings(), actual)
-        .expect("an instance launched or terminated plans incrementally");
+        .unwrap_or_else(|why| panic!("an instance launched or terminated renders in full: {why}"));
     let plan = start.elapsed();
     let start = Instant::now();
     let changes = fragments

@@ -98,20 +98,56 @@ fn apply_counts<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, delta: 
     counts.retain(|_, count| *count > 0);
 }
 
-/// Plans the pass from `baseline` to `next`, or `None` when the full
-/// render and diff must decide (see the module doc).
+/// Why a pass renders the whole view instead (logged at debug).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InFull {
+    NoView,
+    InstancesLeftOut,
+    GlobalPartsChanged,
+    InstancesNotInIdOrder,
+    SharedObjectGainsOrLosesUsers,
+    GroupMemberNotAnAddress,
+    DoesNotFitCachedState,
+}
+
+impl std::fmt::Display for InFull {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            InFull::NoView => "no usable view",
+            InFull::InstancesLeftOut => "an instance is left out as invalid or duplicate",
+            InFull::GlobalPartsChanged => {
+                "more than instances and group members changed (routes, groups, subnets, node or metadata)"
+            }
+            InFull::InstancesNotInIdOrder => "the view's instances are not in id order",
+            InFull::SharedObjectGainsOrLosesUsers => {
+                "a security group or gateway gains its first instance or loses its last"
+            }
+            InFull::GroupMemberNotAnAddress => "a changed group member is not an IP address",
+            InFull::DoesNotFitCachedState => "a change does not fit the cached kernel state",
+        })
+    }
+}
+
+/// Plans the pass from `baseline` to `next`, or says why the full render
+/// and diff must decide (see the module doc).
 pub fn plan(
     baseline: &Baseline,
     next: &Snapshot,
     settings: &RenderSettings,
     actual: &KernelState,
-) -> Option<Fragments> {
-    let before = baseline.snapshot.view.as_deref()?;
-    let after = next.view.as_deref()?;
-    if !next.removed_instances.is_empty() || !global_parts_equal(before, after) {
-        return None;
+) -> Result<Fragments, InFull> {
+    let (Some(before), Some(after)) = (baseline.snapshot.view.as_deref(), next.view.as_deref())
+    else {
+        return Err(InFull::NoView);
+    };
+    if !next.removed_instances.is_empty() {
+        return Err(InFull::InstancesLeftOut);
     }
-    let (gone, came) = changed_instances(&before.instances, &after.instances)?;
+    if !global_parts_equal(before, after) {
+        return Err(InFull::GlobalPartsChanged);
+    }
+    let (gone, came) = changed_instances(&before.instances, &after.instances)
+        .ok_or(InFull::InstancesNotInIdOrder)?;
     let groups = changed_groups(&before.group_members, &after.group_members);
     let rendered_before = render(&sub_view(before, gone, &groups), settings);
     let rendered_after = render(&sub_view(after, came, &groups), settings);
@@ -121,13 +157,14 @@ pub fn plan(
         || rendered_before.usage.instances_left_out > 0
         || rendered_after.usage.instances_left_out > 0
     {
-        return None;
+        return Err(InFull::InstancesLeftOut);
     }
     let usage = usage_delta(
         &baseline.usage,
         &rendered_before.usage,
         &rendered_after.usage,
-    )?;
+    )
+    .ok_or(InFull::SharedObjectGainsOrLosesUsers)?;
     let mut fragments = Fragments {
         before: rendered_before.desired,
         after: rendered_after.desired,
@@ -136,7 +173,7 @@ pub fn plan(
     for group in &groups {
         fragments.set_members(actual, group, before, after)?;
     }
-    Some(fragments)
+    Ok(fragments)
 }
 
 /// Everything but the instances and the group members.
@@ -308,25 +345,31 @@ impl Fragments {
         group: &str,
         before: &NodeView,
         after: &NodeView,
-    ) -> Option<()> {
+    ) -> Result<(), InFull> {
         let inet = TableId::ours(Family::Inet);
         let names = [IpFamily::V4, IpFamily::V6].map(|f| group_set_name(group, f));
-        let cached = actual.tables.get(&inet)?;
+        let cached = actual
+            .tables
+            .get(&inet)
+            .ok_or(InFull::DoesNotFitCachedState)?;
         if !names.iter().all(|n| cached.sets.contains_key(n)) {
-            return Some(());
+            return Ok(());
         }
         for (fragment, view) in [(&mut self.before, before), (&mut self.after, after)] {
             let members = view.group_members.get(group).map_or(&[][..], Vec::as_slice);
             let (sets, unreadable) = group_member_sets(members);
             if !unreadable.is_empty() {
-                return None;
+                return Err(InFull::GroupMemberNotAnAddress);
             }
-            let table = fragment.tables.get_mut(&inet)?;
+            let table = fragment
+                .tables
+                .get_mut(&inet)
+                .ok_or(InFull::DoesNotFitCachedState)?;
             for (name, set) in names.iter().zip(sets) {
                 table.sets.insert(name.clone(), set);
             }
         }
-        Some(())
+        Ok(())
     }
 
     /// The kernel changes of the pass, checked against the cached actual
@@ -613,6 +656,49 @@ mod tests {
     }
 
     #[test]
+    fn a_pass_says_why_it_renders_in_full() {
+        let settings = RenderSettings::default();
+        let mut view = base_view();
+        for instance in &mut view.instances {
+            if let Some(groups) = instance.security_groups.as_mut() {
+                groups.retain(|g| g != "sg-d");
+            }
+        }
+        let first = Arc::new(Snapshot::from_view("nc-1", "v0".into(), &view));
+        let rendered = first.render(&settings).unwrap();
+        let baseline = Baseline::after_full_render(first, rendered.usage).unwrap();
+        let plan_for = |view: &NodeView| {
+            let next = Snapshot::from_view("nc-1", "v1".into(), view);
+            plan(&baseline, &next, &settings, &rendered.desired).map(|_| ())
+        };
+
+        let mut rerouted = view.clone();
+        rerouted.routes.clear();
+        assert_eq!(plan_for(&rerouted), Err(InFull::GlobalPartsChanged));
+
+        let mut unordered = view.clone();
+        unordered.instances.swap(0, 1);
+        assert_eq!(plan_for(&unordered), Err(InFull::InstancesNotInIdOrder));
+
+        // The first instance in sg-d, a group no instance used before.
+        let mut launched = view.clone();
+        launched.instances.push(Instance {
+            security_groups: Some(vec!["sg-d".into()]),
+            ..launched.instances[0].clone()
+        });
+        let last = launched.instances.last_mut().unwrap();
+        (last.id, last.interface, last.mac) =
+            ("i-9999".into(), "vn9999".into(), "d0:0d:00:00:99:99".into());
+        (last.subnet, last.private_ip) = ("s4a".into(), "10.1.99.99".into());
+        last.public_ip = None;
+        let first_user = plan_for(&launched);
+        assert_eq!(first_user, Err(InFull::SharedObjectGainsOrLosesUsers));
+
+        launched.instances.last_mut().unwrap().security_groups = None;
+        assert_eq!(plan_for(&launched), Ok(()));
+    }
+
+    #[test]
     fn incremental_passes_give_what_the_full_render_and_diff_give() {
         let settings = RenderSettings::default();
         let mut rng = StdRng::seed_from_u64(7);
@@ -637,7 +723,7 @@ mod tests {
             let expected = lines(&diff(&actual, &full.desired));
             let planned = baseline
                 .as_ref()
-                .and_then(|b| plan(b, &next, &settings, &actual));
+                .and_then(|b| plan(b, &next, &settings, &actual).ok());
             let fits = planned
                 .as_ref()
                 .and_then(|f| f.changes(&actual))

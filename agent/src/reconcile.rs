@@ -290,11 +290,14 @@ impl Reconciler {
             return self.apply_in_full(target, actual).await;
         };
         match incremental::plan(&baseline, target, &self.settings.render, &actual) {
-            Some(fragments) => {
+            Ok(fragments) => {
                 self.apply_fragments(target, actual, baseline, fragments)
                     .await
             }
-            None => self.apply_in_full(target, actual).await,
+            Err(why) => {
+                tracing::debug!(state_id = %target.state_id, "rendering the whole view: {why}");
+                self.apply_in_full(target, actual).await
+            }
         }
     }
 
@@ -307,7 +310,8 @@ impl Reconciler {
         fragments: incremental::Fragments,
     ) -> Result<Pass, DataplaneError> {
         let Some(changes) = fragments.changes(&actual) else {
-            tracing::debug!("incremental pass does not fit the cached state; rendering in full");
+            let why = incremental::InFull::DoesNotFitCachedState;
+            tracing::debug!(state_id = %target.state_id, "rendering the whole view: {why}");
             return self.apply_in_full(target, actual).await;
         };
         self.metrics.render_pass(true);
