@@ -14,7 +14,7 @@ use edgenet_agent::desired::KernelState;
 use edgenet_agent::diff::diff;
 use edgenet_agent::reconcile::forget_rule_statements;
 use edgenet_agent::render::RenderSettings;
-use edgenet_agent::source::Snapshot;
+use edgenet_agent::snapshot::Snapshot;
 use edgenet_model::synthetic::{generate, Shape};
 use edgenet_model::view_for;
 use peak_alloc::PeakAlloc;

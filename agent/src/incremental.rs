@@ -38,7 +38,7 @@ use crate::desired::{
 };
 use crate::diff::{diff, Change, ChangeSet};
 use crate::render::{group_member_sets, group_set_name, render, RenderSettings, Usage};
-use crate::source::Snapshot;
+use crate::snapshot::Snapshot;
 
 /// What the last applied pass leaves for the next incremental one: the
 /// snapshot the kernel holds and the usage counts of its render.

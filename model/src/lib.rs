@@ -4,6 +4,7 @@ pub mod types;
 
 pub use types::*;
 pub mod addr;
+pub mod backoff;
 pub mod canonical;
 pub mod error;
 pub mod index;

@@ -11,62 +11,17 @@ use std::time::{Duration, Instant, SystemTime};
 
 use edgenet_auth::{query_get_request, CachingProvider, ClockSkew, Credentials, Signer};
 use edgenet_model::NodeView;
-use rand::Rng;
 use serde::Deserialize;
-use tokio::sync::watch;
 
-use crate::metrics::Metrics;
-use crate::source::{Snapshot, SnapshotSender};
+use crate::ops::metrics::Metrics;
+use crate::snapshot::{Feedback, FeedbackReceiver, Snapshot, SnapshotSender};
 
+use edgenet_model::backoff::Backoff;
 pub use edgenet_model::protocol::{truncate_utf8, API_VERSION, MAX_APPLY_ERROR_BYTES};
+use edgenet_model::protocol::{RETRY_BACKOFF_MAX, RETRY_BACKOFF_MIN};
 /// The largest answer read: far above any real view (10,000 instances is a
 /// few MiB), small enough that a hostile endpoint cannot exhaust memory.
 pub const DEFAULT_MAX_BODY: usize = 64 << 20;
-
-/// What the reconcile loop tells the server through the next poll.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Feedback {
-    /// `AppliedStateId`: the state in force in the kernel.
-    pub applied_state_id: Option<String>,
-    /// `ApplyError`: what could not be applied (or was left out).
-    pub apply_error: Option<String>,
-}
-
-pub type FeedbackReceiver = watch::Receiver<Feedback>;
-
-/// Exponential backoff with full jitter (each wait drawn from 0..=cap).
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    min: Duration,
-    max: Duration,
-    next_cap: Duration,
-}
-
-impl Backoff {
-    pub fn new(min: Duration, max: Duration) -> Self {
-        Backoff {
-            min,
-            max,
-            next_cap: min,
-        }
-    }
-
-    /// The protocol's: 0.5 s doubling to 30 s.
-    pub fn protocol() -> Self {
-        Backoff::new(Duration::from_millis(500), Duration::from_secs(30))
-    }
-
-    pub fn next_delay(&mut self) -> Duration {
-        let cap = self.next_cap;
-        self.next_cap = (self.next_cap * 2).min(self.max);
-        let millis = rand::thread_rng().gen_range(0..=cap.as_millis() as u64);
-        Duration::from_millis(millis)
-    }
-
-    pub fn reset(&mut self) {
-        self.next_cap = self.min;
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct PollerConfig {
@@ -93,8 +48,8 @@ impl PollerConfig {
             wait_seconds: crate::config::DEFAULT_WAIT_SECONDS,
             skew_allowance: Duration::from_secs(10),
             max_body: DEFAULT_MAX_BODY,
-            backoff_min: Duration::from_millis(500),
-            backoff_max: Duration::from_secs(30),
+            backoff_min: RETRY_BACKOFF_MIN,
+            backoff_max: RETRY_BACKOFF_MAX,
             not_found_retry: Duration::from_secs(60),
             ca_file: None,
         }
@@ -602,17 +557,6 @@ mod tests {
         );
         config.wait_seconds = 0;
         assert_eq!(config.poll_timeout(), Duration::from_secs(10));
-    }
-
-    #[test]
-    fn backoff_doubles_to_the_cap_with_full_jitter_and_resets() {
-        let mut backoff = Backoff::protocol();
-        let delays: Vec<Duration> = (0..10).map(|_| backoff.next_delay()).collect();
-        assert!(delays[0] <= Duration::from_millis(500));
-        assert!(delays.iter().all(|d| *d <= Duration::from_secs(30)));
-        assert_eq!(backoff.next_cap, Duration::from_secs(30));
-        backoff.reset();
-        assert_eq!(backoff.next_cap, Duration::from_millis(500));
     }
 
     #[test]

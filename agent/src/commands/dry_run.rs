@@ -11,20 +11,13 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use crate::cli::OutputFormat;
 use crate::dataplane::Dataplane;
 use crate::desired::KernelState;
 use crate::diff::{diff, ChangeSet};
-use crate::notify::SystemdNotifier;
+use crate::ops::notify::SystemdNotifier;
 use crate::render::RenderSettings;
-use crate::source::{Snapshot, SnapshotReceiver};
-
-/// How diffs are printed (CLI.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum OutputFormat {
-    #[default]
-    Text,
-    Json,
-}
+use crate::snapshot::{Snapshot, SnapshotReceiver};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DryRunError {

@@ -1,12 +1,15 @@
-//! Desired against actual: the ordered list of kernel changes, and its text
-//! and JSON forms (CLI.md).
+//! Desired against actual: the ordered list of kernel changes. Its text and
+//! JSON forms are in [`text`] and [`json`] (docs/cli.md).
 //!
 //! Granularity is the object the kernel lets us change alone: a route, an
 //! address, a table, a chain (rewritten whole when its rule hashes differ),
 //! a set or map, and a set or map element.
 
+mod apply;
+pub mod json;
+pub mod text;
+
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 
 use serde::Serialize;
 
@@ -18,16 +21,6 @@ pub enum Op {
     Add,
     Change,
     Remove,
-}
-
-impl Op {
-    fn sign(self) -> char {
-        match self {
-            Op::Add => '+',
-            Op::Change => '~',
-            Op::Remove => '-',
-        }
-    }
 }
 
 /// One kernel change, borrowing what is needed to make it from the two
@@ -128,99 +121,6 @@ impl Change<'_> {
         }
     }
 
-    pub fn kind(&self) -> &'static str {
-        use Change::*;
-        match self {
-            AddRoute { .. } | ChangeRoute { .. } | RemoveRoute { .. } => "route",
-            AddAddress(_) | RemoveAddress(_) => "address",
-            AddTable(_) | RemoveTable(_) => "nft table",
-            AddChain { .. } | ChangeChain { .. } | RemoveChain { .. } => "nft chain",
-            AddSet { set, .. } if set.is_map() => "nft map",
-            AddSet { .. } | RemoveSet { .. } => "nft set",
-            AddElement { .. } | ChangeElement { .. } | RemoveElement { .. } => "nft element",
-        }
-    }
-
-    /// The object, without its kind: `10.2.0.0/16 via 10.1.0.254 metric 100
-    /// proto 159`, `inet edgenet sg_web`, `inet edgenet grp_lb { 10.1.0.40 }`.
-    pub fn object(&self) -> String {
-        use Change::*;
-        match self {
-            AddRoute { key, spec } | RemoveRoute { key, spec } => spec.describe(key),
-            ChangeRoute { key, .. } => route_key_text(key),
-            AddAddress(entry) | RemoveAddress(entry) => entry.to_string(),
-            AddTable(table) | RemoveTable(table) => table.to_string(),
-            AddChain { table, name, .. }
-            | ChangeChain { table, name, .. }
-            | RemoveChain { table, name, .. }
-            | AddSet { table, name, .. }
-            | RemoveSet { table, name } => format!("{table} {name}"),
-            AddElement {
-                table,
-                set,
-                key,
-                value,
-            }
-            | RemoveElement {
-                table,
-                set,
-                key,
-                value,
-            } => match value {
-                Some(value) => format!("{table} {set} {{ {key} : {value} }}"),
-                None => format!("{table} {set} {{ {key} }}"),
-            },
-            ChangeElement {
-                table, set, key, ..
-            } => format!("{table} {set} {{ {key} }}"),
-        }
-    }
-
-    /// What changes, where the object alone does not say it.
-    pub fn detail(&self) -> String {
-        use Change::*;
-        match self {
-            ChangeRoute { key, old, new } => {
-                format!(
-                    "{} -> {}",
-                    route_spec_text(key, old),
-                    route_spec_text(key, new)
-                )
-            }
-            AddChain { chain, .. } => rule_count(chain.rules.len()),
-            ChangeChain {
-                old_rules, chain, ..
-            } => format!(
-                "{} -> {}",
-                rule_count(*old_rules),
-                rule_count(chain.rules.len())
-            ),
-            RemoveChain { rules, .. } => rule_count(*rules),
-            ChangeElement { old, new, .. } => format!(
-                "{} -> {}",
-                old.as_deref().unwrap_or("-"),
-                new.as_deref().unwrap_or("-")
-            ),
-            _ => String::new(),
-        }
-    }
-
-    /// `+ nft chain inet edgenet sg_web: 3 rules`
-    pub fn line(&self) -> String {
-        let detail = self.detail();
-        let mut line = format!("{} {} {}", self.op().sign(), self.kind(), self.object());
-        if !detail.is_empty() {
-            line.push_str(": ");
-            line.push_str(&detail);
-        }
-        line
-    }
-
-    /// The object with its kind, as `status` names drifted objects.
-    pub fn named_object(&self) -> String {
-        format!("{} {}", self.kind(), self.object())
-    }
-
     pub fn is_nft(&self) -> bool {
         !matches!(
             self,
@@ -231,32 +131,6 @@ impl Change<'_> {
                 | Change::RemoveAddress(_)
         )
     }
-}
-
-fn rule_count(n: usize) -> String {
-    if n == 1 {
-        "1 rule".to_string()
-    } else {
-        format!("{n} rules")
-    }
-}
-
-fn route_key_text(key: &RouteKey) -> String {
-    if key.table == MAIN_TABLE {
-        key.destination.to_string()
-    } else {
-        format!("{} table {}", key.destination, key.table)
-    }
-}
-
-/// A route's description without its destination.
-fn route_spec_text(key: &RouteKey, spec: &RouteSpec) -> String {
-    let full = spec.describe(key);
-    let prefix = key.destination.to_string();
-    full.strip_prefix(&prefix)
-        .unwrap_or(&full)
-        .trim_start()
-        .to_string()
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -272,21 +146,6 @@ pub struct Counts {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ChangeSet<'a> {
     pub changes: Vec<Change<'a>>,
-}
-
-#[derive(Serialize)]
-struct JsonChange {
-    op: Op,
-    kind: &'static str,
-    object: String,
-    detail: String,
-}
-
-#[derive(Serialize)]
-struct JsonHeader<'a> {
-    node: &'a str,
-    from: Option<&'a str>,
-    to: &'a str,
 }
 
 impl<'a> ChangeSet<'a> {
@@ -316,155 +175,6 @@ impl<'a> ChangeSet<'a> {
 
     pub fn netlink_changes(&self) -> impl Iterator<Item = &Change<'a>> {
         self.changes.iter().filter(|c| !c.is_nft())
-    }
-
-    /// Changes in printing order: by kind and object (bytewise), then op.
-    pub fn sorted(&self) -> Vec<&Change<'a>> {
-        let mut sorted: Vec<(String, &Change)> =
-            self.changes.iter().map(|c| (c.named_object(), c)).collect();
-        sorted.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.op().cmp(&b.1.op())));
-        sorted.into_iter().map(|(_, c)| c).collect()
-    }
-
-    pub fn summary(&self, node: &str, from_id: Option<&str>, to_id: &str) -> String {
-        let counts = self.counts();
-        format!(
-            "{node}: {} -> {to_id}: {} to add, {} to change, {} to remove",
-            from_id.unwrap_or("none"),
-            counts.add,
-            counts.change,
-            counts.remove
-        )
-    }
-
-    /// CLI.md's text diff: a summary line, then one change a line, sorted.
-    pub fn render_text(&self, node: &str, from_id: Option<&str>, to_id: &str) -> String {
-        let mut text = self.summary(node, from_id, to_id);
-        text.push('\n');
-        for change in self.sorted() {
-            text.push_str(&change.line());
-            text.push('\n');
-        }
-        text
-    }
-
-    /// CLI.md's JSON diff: one JSON document, one change a line so that it
-    /// reads (and tests) like the text form.
-    pub fn render_json(&self, node: &str, from_id: Option<&str>, to_id: &str) -> String {
-        let header = serde_json::to_string(&JsonHeader {
-            node,
-            from: from_id,
-            to: to_id,
-        })
-        .expect("plain strings serialise");
-        // `{"node":..,"to":..}` → `{"node":..,"to":..,"changes":[`
-        let mut text = header[..header.len() - 1].to_string();
-        text.push_str(",\"changes\":[");
-        let sorted = self.sorted();
-        for (index, change) in sorted.iter().enumerate() {
-            let json = serde_json::to_string(&JsonChange {
-                op: change.op(),
-                kind: change.kind(),
-                object: change.object(),
-                detail: change.detail(),
-            })
-            .expect("plain strings serialise");
-            let comma = if index + 1 < sorted.len() { "," } else { "" };
-            let _ = write!(text, "\n{json}{comma}");
-        }
-        if !sorted.is_empty() {
-            text.push('\n');
-        }
-        text.push_str("]}\n");
-        text
-    }
-
-    /// Bring a cached actual state up to date after these changes were made
-    /// (all but `skipped`, which the kernel did not take).
-    pub fn apply_to(&self, state: &mut KernelState, skipped: &[Change]) {
-        for change in self.changes.iter().filter(|c| !skipped.contains(c)) {
-            apply_change(state, change);
-        }
-    }
-}
-
-fn apply_change(state: &mut KernelState, change: &Change) {
-    use Change::*;
-    // By value (a change is a few references), so fields are `&T`.
-    match *change {
-        AddRoute { key, spec } | ChangeRoute { key, new: spec, .. } => {
-            state.routes.insert(key.clone(), spec.clone());
-        }
-        RemoveRoute { key, .. } => {
-            state.routes.remove(key);
-        }
-        AddAddress(entry) => {
-            state.addresses.insert(entry.clone());
-        }
-        RemoveAddress(entry) => {
-            state.addresses.remove(entry);
-        }
-        AddTable(table) => {
-            state.tables.entry(table.clone()).or_default();
-        }
-        RemoveTable(table) => {
-            state.tables.remove(table);
-        }
-        AddChain { table, name, chain }
-        | ChangeChain {
-            table, name, chain, ..
-        } => {
-            let table = state.tables.entry(table.clone()).or_default();
-            table.chains.insert(name.clone(), chain.clone());
-        }
-        RemoveChain { table, name, .. } => {
-            if let Some(table) = state.tables.get_mut(table) {
-                table.chains.remove(name);
-            }
-        }
-        AddSet { table, name, set } => {
-            let table = state.tables.entry(table.clone()).or_default();
-            let mut set = set.clone();
-            set.elements.clear();
-            table.sets.insert(name.clone(), set);
-        }
-        RemoveSet { table, name } => {
-            if let Some(table) = state.tables.get_mut(table) {
-                table.sets.remove(name);
-            }
-        }
-        AddElement {
-            table,
-            set,
-            key,
-            value,
-        }
-        | ChangeElement {
-            table,
-            set,
-            key,
-            new: value,
-            ..
-        } => {
-            if let Some(set) = state
-                .tables
-                .get_mut(table)
-                .and_then(|t| t.sets.get_mut(set))
-            {
-                set.elements.insert(key.clone(), value.clone());
-            }
-        }
-        RemoveElement {
-            table, set, key, ..
-        } => {
-            if let Some(set) = state
-                .tables
-                .get_mut(table)
-                .and_then(|t| t.sets.get_mut(set))
-            {
-                set.elements.remove(key);
-            }
-        }
     }
 }
 
