@@ -2,7 +2,7 @@
 //! counting global allocator: what each step holds when it is done, and
 //! the highest the heap got during it. RSS follows the peak (glibc keeps
 //! freed pages), so the peaks are what `apply-rss.sh` and
-//! `bench-agent-rss-idle.sh` see; this tells which step makes them.
+//! `bench/agent-rss-idle.sh` see; this tells which step makes them.
 //!
 //!   cargo bench -p edgenet-agent --bench memory
 //!
