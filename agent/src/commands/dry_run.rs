@@ -14,10 +14,13 @@ use tokio::sync::watch;
 use crate::cli::OutputFormat;
 use crate::dataplane::Dataplane;
 use crate::desired::KernelState;
+use crate::diff::entity::Attribution;
+use crate::diff::plan::{DeviceCheck, HostDevices, PlanContext, PlanHeader};
 use crate::diff::{diff, ChangeSet};
 use crate::ops::notify::SystemdNotifier;
 use crate::render::RenderSettings;
 use crate::snapshot::{Snapshot, SnapshotReceiver};
+use edgenet_model::NodeView;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DryRunError {
@@ -70,14 +73,31 @@ pub fn desired_state(
 
 pub fn format_diff(
     changes: &ChangeSet,
-    node: &str,
-    from: Option<&str>,
-    to: &str,
+    header: PlanHeader,
+    context: &PlanContext,
     format: OutputFormat,
 ) -> String {
     match format {
-        OutputFormat::Text => changes.render_text(node, from, to),
-        OutputFormat::Json => changes.render_json(node, from, to),
+        OutputFormat::Text => changes.render_plan_text(header, context),
+        OutputFormat::Json => changes.render_plan_json(header, context),
+    }
+}
+
+/// How a plan from `from` to `to` names entities and checks devices:
+/// devices are checked only when the plan is for this host's kernel.
+pub fn plan_context<'a>(
+    to: &Snapshot,
+    from: Option<&Snapshot>,
+    check_devices: bool,
+) -> PlanContext<'a> {
+    let views: Vec<&NodeView> = [Some(to), from]
+        .into_iter()
+        .flatten()
+        .filter_map(|snapshot| snapshot.view.as_deref())
+        .collect();
+    PlanContext {
+        attribution: Attribution::from_views(&to.node, &views),
+        devices: check_devices.then_some(&HostDevices as &dyn DeviceCheck),
     }
 }
 
@@ -86,19 +106,34 @@ pub fn note(text: &str) {
     eprintln!("note: {text}; showing the diff against an empty state");
 }
 
+/// How `run --dry-run` renders and prints.
+pub struct DryRunOptions {
+    pub settings: RenderSettings,
+    pub format: OutputFormat,
+    /// Stop after the first diff.
+    pub once: bool,
+    /// Flag objects on devices this host lacks (a plan for this kernel).
+    pub check_devices: bool,
+}
+
 /// `run --dry-run`: prints a diff per snapshot until `shutdown` (or after
 /// the first with `once`). Returns how many diffs were printed.
 pub async fn run_dry(
     mut baseline: KernelState,
     mut snapshots: SnapshotReceiver,
     mut shutdown: watch::Receiver<bool>,
-    settings: RenderSettings,
-    format: OutputFormat,
-    once: bool,
+    options: DryRunOptions,
     out: &mut (dyn Write + Send),
 ) -> Result<usize, DryRunError> {
+    let DryRunOptions {
+        settings,
+        format,
+        once,
+        check_devices,
+    } = options;
     let mut notifier = SystemdNotifier::new();
     let mut printed = 0;
+    let mut previous: Option<Arc<Snapshot>> = None;
     loop {
         tokio::select! {
             biased;
@@ -112,9 +147,11 @@ pub async fn run_dry(
         let Some(snapshot) = snapshots.borrow_and_update().clone() else {
             continue;
         };
-        match print_one(&baseline, &snapshot, &settings, format, out) {
+        let context = plan_context(&snapshot, previous.as_deref(), check_devices);
+        match print_one(&baseline, &snapshot, &settings, (format, &context), out) {
             Ok(next) => {
                 baseline = next;
+                previous = Some(snapshot.clone());
                 printed += 1;
                 notifier.ready(&format!("dry run: planned {}", snapshot.state_id));
                 if once {
@@ -136,23 +173,22 @@ fn print_one(
     baseline: &KernelState,
     snapshot: &Arc<Snapshot>,
     settings: &RenderSettings,
-    format: OutputFormat,
+    (format, context): (OutputFormat, &PlanContext),
     out: &mut (dyn Write + Send),
 ) -> Result<KernelState, DryRunError> {
     let desired = desired_state(snapshot, settings)?;
     let changes = diff(baseline, &desired);
-    let text = format_diff(
-        &changes,
-        &snapshot.node,
-        baseline.state_id.as_deref(),
-        &snapshot.state_id,
-        format,
-    );
+    let header = PlanHeader {
+        node: &snapshot.node,
+        from: baseline.state_id.as_deref(),
+        to: &snapshot.state_id,
+    };
+    let text = format_diff(&changes, header, context, format);
     out.write_all(text.as_bytes())?;
     out.flush()?;
-    let mut next_baseline = desired;
-    crate::reconcile::forget_rule_statements(&mut next_baseline);
-    Ok(next_baseline)
+    // The next plan's baseline keeps its rule statements, so that the
+    // rules a chain loses print as text, not as hashes.
+    Ok(desired)
 }
 
 #[cfg(test)]
@@ -170,13 +206,13 @@ mod tests {
         let empty = KernelState::default();
         let changes = diff(&empty, &desired);
         assert!(!changes.is_empty());
-        let text = format_diff(
-            &changes,
-            "nc-1",
-            None,
-            &snapshot.state_id,
-            OutputFormat::Text,
-        );
+        let header = PlanHeader {
+            node: "nc-1",
+            from: None,
+            to: &snapshot.state_id,
+        };
+        let context = plan_context(&snapshot, None, false);
+        let text = format_diff(&changes, header, &context, OutputFormat::Text);
         let first = text.lines().next().unwrap();
         assert!(
             first.starts_with(&format!("nc-1: none -> {}: ", snapshot.state_id)),

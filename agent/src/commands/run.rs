@@ -7,7 +7,7 @@ use edgenet_auth::ClockSkew;
 use tokio::sync::watch;
 
 use super::{kernel_or_empty, load_config, open_dataplane, render_settings};
-use crate::cli::{RunArgs, SourceArgs};
+use crate::cli::{DataplaneKind, RunArgs, SourceArgs};
 use crate::commands::dry_run;
 use crate::config::Config;
 use crate::ops::metrics::{self, Metrics};
@@ -77,13 +77,17 @@ async fn run_dry(args: &RunArgs, config: &Config, wiring: Wiring) -> Result<u8> 
         feedback_rx,
         wiring.reload,
     ));
+    let options = dry_run::DryRunOptions {
+        settings: render_settings(config),
+        format: args.output,
+        once: args.once,
+        check_devices: args.source.dataplane == DataplaneKind::Kernel,
+    };
     let result = dry_run::run_dry(
         baseline,
         snapshot_rx,
         wiring.shutdown,
-        render_settings(config),
-        args.output,
-        args.once,
+        options,
         &mut std::io::stdout(),
     )
     .await;

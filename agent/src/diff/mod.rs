@@ -1,12 +1,15 @@
-//! Desired against actual: the ordered list of kernel changes. Its text and
-//! JSON forms are in [`text`] and [`json`] (docs/cli.md).
+//! Desired against actual: the ordered list of kernel changes. The plan an
+//! operator reads, grouped by model entity ([`entity`]), is in [`plan`]
+//! (text) and [`json`] (docs/cli.md).
 //!
 //! Granularity is the object the kernel lets us change alone: a route, an
 //! address, a table, a chain (rewritten whole when its rule hashes differ),
 //! a set or map, and a set or map element.
 
 mod apply;
+pub mod entity;
 pub mod json;
+pub mod plan;
 pub mod text;
 
 use std::collections::BTreeMap;
@@ -60,13 +63,13 @@ pub enum Change<'a> {
     ChangeChain {
         table: &'a TableId,
         name: &'a String,
-        old_rules: usize,
+        old: &'a NftChain,
         chain: &'a NftChain,
     },
     RemoveChain {
         table: &'a TableId,
         name: &'a String,
-        rules: usize,
+        old: &'a NftChain,
     },
     /// A set or map; its elements are not part of this change (they
     /// follow as element changes).
@@ -409,17 +412,13 @@ fn diff_chains<'a>(
                 changes.push(Change::ChangeChain {
                     table,
                     name,
-                    old_rules: old.rules.len(),
+                    old,
                     chain,
                 });
             }
             Side::Both(..) => {}
             Side::Want(name, chain) => changes.push(Change::AddChain { table, name, chain }),
-            Side::Have(name, old) => changes.push(Change::RemoveChain {
-                table,
-                name,
-                rules: old.rules.len(),
-            }),
+            Side::Have(name, old) => changes.push(Change::RemoveChain { table, name, old }),
         }
     }
 }
@@ -520,23 +519,38 @@ mod tests {
 
     const TEXT_FIXTURE: &str = "\
 nc-1: v1-3f2a -> v1-9c1d: 3 to add, 1 to change, 3 to remove
-+ address 203.0.113.5/32 dev eth0
-- address 203.0.113.9/32 dev eth0
-~ nft chain inet edgenet sg_sg-web: 3 rules -> 4 rules
-+ nft element inet edgenet grp_sg-lb { 10.1.0.40 }
+
+# instance i-1: changes
 - nft element inet edgenet instances { 10.1.0.33 : jump in_i-1 }
+
+# instance i-2: changes
 + nft element inet edgenet instances { 10.1.0.51 : jump in_i-2 }
+
+# security group sg-lb: members: 1 join, 0 leave
++ nft element inet edgenet grp_sg-lb { 10.1.0.40 }
+
+# security group sg-web: rules change (1 added, 0 removed)
+~ nft chain inet edgenet sg_sg-web: 3 rules -> 4 rules
+    + meta l4proto 3 accept
+
+# route 10.2.0.0/16: removed here
 - route 10.2.0.0/16 via 10.1.0.254 metric 100 proto 159
+
+# address 203.0.113.5: named by no instance or subnet of the view
++ address 203.0.113.5/32 dev eth0
+
+# address 203.0.113.9: named by no instance or subnet of the view
+- address 203.0.113.9/32 dev eth0
 ";
 
-    const JSON_FIXTURE: &str = r#"{"node":"nc-1","from":"v1-3f2a","to":"v1-9c1d","changes":[
-{"op":"add","kind":"address","object":"203.0.113.5/32 dev eth0","detail":""},
-{"op":"remove","kind":"address","object":"203.0.113.9/32 dev eth0","detail":""},
-{"op":"change","kind":"nft chain","object":"inet edgenet sg_sg-web","detail":"3 rules -> 4 rules"},
-{"op":"add","kind":"nft element","object":"inet edgenet grp_sg-lb { 10.1.0.40 }","detail":""},
-{"op":"remove","kind":"nft element","object":"inet edgenet instances { 10.1.0.33 : jump in_i-1 }","detail":""},
-{"op":"add","kind":"nft element","object":"inet edgenet instances { 10.1.0.51 : jump in_i-2 }","detail":""},
-{"op":"remove","kind":"route","object":"10.2.0.0/16 via 10.1.0.254 metric 100 proto 159","detail":""}
+    const JSON_FIXTURE: &str = r#"{"format_version":2,"node":"nc-1","from":"v1-3f2a","to":"v1-9c1d","changes":[
+{"op":"remove","kind":"nft element","object":"inet edgenet instances { 10.1.0.33 : jump in_i-1 }","detail":"","entity":{"kind":"instance","id":"i-1"},"family":"inet","table":"edgenet","set":"instances","key":"10.1.0.33","value":"jump in_i-1"},
+{"op":"add","kind":"nft element","object":"inet edgenet instances { 10.1.0.51 : jump in_i-2 }","detail":"","entity":{"kind":"instance","id":"i-2"},"family":"inet","table":"edgenet","set":"instances","key":"10.1.0.51","value":"jump in_i-2"},
+{"op":"add","kind":"nft element","object":"inet edgenet grp_sg-lb { 10.1.0.40 }","detail":"","entity":{"kind":"security_group","id":"sg-lb"},"family":"inet","table":"edgenet","set":"grp_sg-lb","key":"10.1.0.40"},
+{"op":"change","kind":"nft chain","object":"inet edgenet sg_sg-web","detail":"3 rules -> 4 rules","entity":{"kind":"security_group","id":"sg-web"},"family":"inet","table":"edgenet","chain":"sg_sg-web","rules_added":["meta l4proto 3 accept"],"rules_removed":[]},
+{"op":"remove","kind":"route","object":"10.2.0.0/16 via 10.1.0.254 metric 100 proto 159","detail":"","entity":{"kind":"route","id":"10.2.0.0/16"},"route":{"destination":"10.2.0.0/16","table":254,"gateway":"10.1.0.254","device":null,"metric":100,"protocol":159}},
+{"op":"add","kind":"address","object":"203.0.113.5/32 dev eth0","detail":"","entity":{"kind":"address","id":"203.0.113.5"},"address":"203.0.113.5/32","device":"eth0"},
+{"op":"remove","kind":"address","object":"203.0.113.9/32 dev eth0","detail":"","entity":{"kind":"address","id":"203.0.113.9"},"address":"203.0.113.9/32","device":"eth0"}
 ]}
 "#;
 
@@ -577,7 +591,7 @@ nc-1: v1-3f2a -> v1-9c1d: 3 to add, 1 to change, 3 to remove
         );
         assert_eq!(
             changes.render_json("nc-1", None, "v1-9c1d"),
-            "{\"node\":\"nc-1\",\"from\":null,\"to\":\"v1-9c1d\",\"changes\":[]}\n"
+            "{\"format_version\":2,\"node\":\"nc-1\",\"from\":null,\"to\":\"v1-9c1d\",\"changes\":[]}\n"
         );
     }
 

@@ -1,6 +1,7 @@
-//! The text form of a change set (docs/cli.md): one summary line, then one
-//! change a line, sorted by object.
+//! How one change reads (`+ nft chain inet edgenet sg_web: 3 rules`), the
+//! summary line, and the flat order plans sort by (docs/cli.md).
 
+use super::plan::{PlanContext, PlanHeader};
 use super::{Change, ChangeSet, Op};
 use crate::desired::{RouteKey, RouteSpec, MAIN_TABLE};
 
@@ -75,14 +76,12 @@ impl Change<'_> {
                 )
             }
             AddChain { chain, .. } => rule_count(chain.rules.len()),
-            ChangeChain {
-                old_rules, chain, ..
-            } => format!(
+            ChangeChain { old, chain, .. } => format!(
                 "{} -> {}",
-                rule_count(*old_rules),
+                rule_count(old.rules.len()),
                 rule_count(chain.rules.len())
             ),
-            RemoveChain { rules, .. } => rule_count(*rules),
+            RemoveChain { old, .. } => rule_count(old.rules.len()),
             ChangeElement { old, new, .. } => format!(
                 "{} -> {}",
                 old.as_deref().unwrap_or("-"),
@@ -129,15 +128,17 @@ impl<'a> ChangeSet<'a> {
         )
     }
 
-    /// CLI.md's text diff: a summary line, then one change a line, sorted.
-    pub fn render_text(&self, node: &str, from_id: Option<&str>, to_id: &str) -> String {
-        let mut text = self.summary(node, from_id, to_id);
-        text.push('\n');
-        for change in self.sorted() {
-            text.push_str(&change.line());
-            text.push('\n');
-        }
-        text
+    /// The text plan without views to name entities by or devices to
+    /// check: objects are grouped by what their names say.
+    pub fn render_text(&self, node: &str, from: Option<&str>, to: &str) -> String {
+        let header = PlanHeader { node, from, to };
+        self.render_plan_text(header, &PlanContext::default())
+    }
+
+    /// The JSON plan, on the same terms as [`ChangeSet::render_text`].
+    pub fn render_json(&self, node: &str, from: Option<&str>, to: &str) -> String {
+        let header = PlanHeader { node, from, to };
+        self.render_plan_json(header, &PlanContext::default())
     }
 }
 
