@@ -27,7 +27,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edgenet_agent::dataplane::linux::{nft::ruleset_text, LinuxConfig, LinuxDataplane};
+use edgenet_agent::dataplane::linux::{
+    nft::bench_support::ruleset_text, LinuxConfig, LinuxDataplane,
+};
 use edgenet_agent::dataplane::Dataplane;
 use edgenet_agent::desired::KernelState;
 use edgenet_agent::diff::diff;
