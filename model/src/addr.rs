@@ -42,7 +42,7 @@ impl Prefix {
         self.contains(other.addr) || other.contains(self.addr)
     }
 
-    /// The order MODEL.md gives for `public_ips` and `group_members`:
+    /// The order docs/model.md gives for `public_ips` and `group_members`:
     /// IPv4 before IPv6, then by address, then by prefix length.
     pub fn numeric_cmp(&self, other: &Prefix) -> Ordering {
         numeric_key(self.addr)

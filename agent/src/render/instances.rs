@@ -4,19 +4,22 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 
 use compact_str::{format_compact, ToCompactString};
+use edgenet_model::addr::{format_mac, mac_bits, parse_mac};
+use edgenet_model::validate::{is_valid_id, is_valid_interface_name};
 use edgenet_model::{Instance, SecurityGroup};
 
 use super::names::*;
-use super::{
-    insert_chain, mac_bits, parse_unicast_mac, valid_id, valid_interface, ParsedSubnet, Renderer,
-};
+use super::{insert_chain, ParsedSubnet, Renderer};
 use crate::desired::*;
 
 pub(super) struct ParsedInstance<'a> {
     instance: &'a Instance,
     private_ip: IpAddr,
     public_ip: Option<IpAddr>,
+    /// In the kernel's form, as `port_macs` holds it.
     mac: String,
+    /// The same MAC as a number, for duplicates and `Usage::macs`.
+    mac_bits: u64,
     subnet: ParsedSubnet,
 }
 
@@ -43,7 +46,7 @@ impl<'a> Renderer<'a> {
                         Some("public_ip: duplicate")
                     } else if !seen_interfaces.insert(instance.interface.as_str()) {
                         Some("interface: duplicate")
-                    } else if !seen_macs.insert(p.mac.clone()) {
+                    } else if !seen_macs.insert(p.mac_bits) {
                         Some("mac: duplicate")
                     } else {
                         None
@@ -54,7 +57,7 @@ impl<'a> Renderer<'a> {
                             self.usage.instances_left_out += 1;
                         }
                         None => {
-                            self.usage.macs.insert(mac_bits(&p.mac));
+                            self.usage.macs.insert(p.mac_bits);
                             parsed.push(p);
                         }
                     }
@@ -84,7 +87,7 @@ impl<'a> Renderer<'a> {
     }
 
     fn parse_instance(&self, instance: &'a Instance) -> Result<ParsedInstance<'a>, String> {
-        if !valid_id(&instance.id) {
+        if !is_valid_id(&instance.id) {
             return Err(format!("id: not a valid id: {:?}", instance.id));
         }
         let private_ip = instance
@@ -116,19 +119,20 @@ impl<'a> Renderer<'a> {
                 Some(ip)
             }
         };
-        if !valid_interface(&instance.interface) {
+        if !is_valid_interface_name(&instance.interface) {
             return Err(format!(
                 "interface: not a Linux interface name: {:?}",
                 instance.interface
             ));
         }
-        let mac = parse_unicast_mac(&instance.mac)
-            .ok_or_else(|| format!("mac: not a unicast MAC address: {:?}", instance.mac))?;
+        let mac = parse_mac(&instance.mac)
+            .map_err(|_| format!("mac: not a unicast MAC address: {:?}", instance.mac))?;
         Ok(ParsedInstance {
             instance,
             private_ip,
             public_ip,
-            mac,
+            mac: format_mac(&mac),
+            mac_bits: mac_bits(&mac),
             subnet,
         })
     }
@@ -158,7 +162,7 @@ impl<'a> Renderer<'a> {
             let chain = instance_chain_name(&p.instance.id);
             let mut rules = Vec::new();
             for group in p.instance.security_groups() {
-                if !groups.contains_key(group.as_str()) || !valid_id(group) {
+                if !groups.contains_key(group.as_str()) || !is_valid_id(group) {
                     self.leave_out(format!(
                         "instances[{}].security_groups: unknown group {group:?} (no access from it)",
                         p.instance.id
@@ -205,8 +209,8 @@ impl<'a> Renderer<'a> {
 
     pub(super) fn render_addresses(&mut self, instances: &[ParsedInstance<'_>]) {
         let node = &self.view.node;
-        let public_ok = valid_interface(&node.public_interface);
-        let bridge_ok = valid_interface(&node.bridge);
+        let public_ok = is_valid_interface_name(&node.public_interface);
+        let bridge_ok = is_valid_interface_name(&node.bridge);
         if !public_ok {
             self.leave_out(format!(
                 "node.public_interface: not a Linux interface name: {:?}",

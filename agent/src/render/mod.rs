@@ -44,6 +44,11 @@ use ipnet::IpNet;
 
 use crate::desired::*;
 
+/// The model's id and interface-name rules, by the names render has always
+/// exported them under: one definition for the checker and the renderer.
+pub use edgenet_model::validate::{
+    is_valid_id as valid_id, is_valid_interface_name as valid_interface,
+};
 pub use names::{
     group_set_name, instance_chain_name, instances_map_name, sg_chain_name,
     BRIDGE_PREROUTING_CHAIN, FORWARD_CHAIN, NAT_OUTPUT_CHAIN, NAT_POSTROUTING_CHAIN,
@@ -322,55 +327,4 @@ fn parse_net_or_addr(text: &str) -> Option<IpNet> {
 fn parse_network(text: &str) -> Option<IpNet> {
     let net = text.parse::<IpNet>().ok()?;
     (net == net.trunc()).then_some(net)
-}
-
-/// MODEL.md ids: `[A-Za-z0-9._-]{1,64}`.
-pub fn valid_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
-/// Linux interface names: 1..=15 bytes, no `/`, `:`, whitespace; we also
-/// refuse control characters and quotes, which nft would choke on.
-pub fn valid_interface(name: &str) -> bool {
-    (1..=15).contains(&name.len())
-        && name != "."
-        && name != ".."
-        && name
-            .chars()
-            .all(|c| c.is_ascii_graphic() && !matches!(c, '/' | ':' | '"' | '\\'))
-}
-
-/// A MAC as `parse_unicast_mac` prints it, as a number.
-fn mac_bits(canonical: &str) -> u64 {
-    canonical
-        .bytes()
-        .filter_map(|b| (b as char).to_digit(16))
-        .fold(0, |bits, digit| bits << 4 | u64::from(digit))
-}
-
-/// A unicast MAC in the lower-case colon form the kernel prints back.
-fn parse_unicast_mac(text: &str) -> Option<String> {
-    let bytes: Vec<u8> = text
-        .split(':')
-        .map(|part| {
-            if part.len() == 2 {
-                u8::from_str_radix(part, 16).ok()
-            } else {
-                None
-            }
-        })
-        .collect::<Option<Vec<u8>>>()?;
-    if bytes.len() != 6 || bytes[0] & 1 == 1 || bytes.iter().all(|b| *b == 0) {
-        return None;
-    }
-    Some(
-        bytes
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":"),
-    )
 }

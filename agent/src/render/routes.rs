@@ -2,7 +2,9 @@
 
 use std::net::IpAddr;
 
-use super::{parse_network, valid_interface, Renderer};
+use edgenet_model::validate::is_valid_interface_name;
+
+use super::{parse_network, Renderer};
 use crate::desired::*;
 
 impl Renderer<'_> {
@@ -29,7 +31,7 @@ impl Renderer<'_> {
                 },
             };
             if let Some(device) = &route.device {
-                if !valid_interface(device) {
+                if !is_valid_interface_name(device) {
                     self.leave_out(format!(
                         "{name}.device: not a Linux interface name: {device:?}"
                     ));

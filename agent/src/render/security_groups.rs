@@ -4,10 +4,11 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use compact_str::ToCompactString;
+use edgenet_model::validate::is_valid_id;
 use edgenet_model::{IpProtocol, Rule};
 
 use super::names::*;
-use super::{family_of_net, insert_chain, parse_net_or_addr, valid_id, Renderer};
+use super::{family_of_net, insert_chain, parse_net_or_addr, Renderer};
 use crate::desired::*;
 
 impl<'a> Renderer<'a> {
@@ -64,7 +65,7 @@ impl<'a> Renderer<'a> {
                 vec![(family, Some(matcher))]
             }
             (None, Some(group)) => {
-                if !valid_id(group) {
+                if !is_valid_id(group) {
                     return Err(format!("group: not a valid id: {group:?}"));
                 }
                 self.ensure_group_sets(group);

@@ -220,3 +220,29 @@ fn ipv6_instances_use_the_v6_maps() {
         .iter()
         .any(|a| a.to_string() == "2001:db8:ff::5/128 dev eth0"));
 }
+
+/// Render reads MACs by the model's rule, and writes them in the form the
+/// kernel lists them in, so that a listed set compares equal.
+#[test]
+fn macs_are_read_by_the_models_rule_and_written_as_the_kernel_prints_them() {
+    let mut view = example_view();
+    view.instances[0].mac = "D0:0D:0A:1B:2C:3D".into();
+    let rendered = render(&view, &RenderSettings::default());
+    assert!(rendered.left_out.is_empty(), "{:?}", rendered.left_out);
+    let bridge = rendered.desired.table(Family::Bridge).unwrap();
+    assert!(bridge.sets[PORT_MACS_SET]
+        .elements
+        .contains_key("vn_i-0a1b2c3d . d0:0d:0a:1b:2c:3d"));
+    assert_eq!(rendered.usage.macs, HashSet::from([0xd00d_0a1b_2c3d_u64]));
+
+    view.instances[0].mac = "d0:+d:0a:1b:2c:3d".into();
+    let rendered = render(&view, &RenderSettings::default());
+    assert_eq!(
+        rendered.left_out,
+        ["instances[i-0a1b2c3d].mac: not a unicast MAC address: \"d0:+d:0a:1b:2c:3d\""]
+    );
+    assert_eq!(
+        inet(&rendered.desired).sets["instances"].elements["10.1.0.33"].as_deref(),
+        Some(DROP_VALUE)
+    );
+}
