@@ -33,7 +33,7 @@ use edgenet_agent::dataplane::linux::{
 use edgenet_agent::dataplane::Dataplane;
 use edgenet_agent::desired::KernelState;
 use edgenet_agent::diff::diff;
-use edgenet_agent::incremental::{self, Baseline};
+use edgenet_agent::render::incremental::{self, Baseline};
 use edgenet_agent::render::{render, RenderSettings};
 use edgenet_agent::snapshot::Snapshot;
 use edgenet_model::*;

@@ -8,7 +8,6 @@
 pub mod dataplane;
 pub mod desired;
 pub mod diff;
-pub mod incremental;
 pub mod render;
 pub mod snapshot;
 pub mod source;
