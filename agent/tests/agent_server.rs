@@ -372,8 +372,11 @@ duration_seconds = 900
     let mut diff = vec![wait_line(&format!("nc-1: {first} -> {second}: "))
         .pop()
         .unwrap()];
+    // The change lines, without the plan's `# entity` headers and blanks.
     while let Ok(line) = lines.recv_timeout(Duration::from_millis(500)) {
-        diff.push(line);
+        if line.starts_with(['+', '-', '~']) {
+            diff.push(line);
+        }
     }
     assert_eq!(diff.len(), 2, "{diff:#?}");
     assert!(

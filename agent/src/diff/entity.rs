@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use super::Change;
 use crate::desired::RouteKey;
+use crate::render::names::{group_of_chain, group_of_set, instance_of_chain};
 
 /// Kinds in the order a plan lists them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -145,10 +146,10 @@ impl Attribution {
     }
 
     fn by_chain(&self, chain: &str) -> Entity {
-        if let Some(group) = chain.strip_prefix(SG_CHAIN_PREFIX) {
+        if let Some(group) = group_of_chain(chain) {
             return group_entity(group);
         }
-        if let Some(instance) = chain.strip_prefix(INSTANCE_CHAIN_PREFIX) {
+        if let Some(instance) = instance_of_chain(chain) {
             return Entity::new(EntityKind::Instance, instance);
         }
         self.node()
@@ -173,17 +174,6 @@ impl Attribution {
             _ => by_key,
         }
     }
-}
-
-/// Render's chain and set prefixes (`render::sg_chain_name` and friends).
-const SG_CHAIN_PREFIX: &str = "sg_";
-const INSTANCE_CHAIN_PREFIX: &str = "in_";
-const GROUP_SET_PREFIXES: [&str; 2] = ["grp_", "grp6_"];
-
-fn group_of_set(set: &str) -> Option<&str> {
-    GROUP_SET_PREFIXES
-        .iter()
-        .find_map(|prefix| set.strip_prefix(prefix))
 }
 
 fn group_entity(group: &str) -> Entity {

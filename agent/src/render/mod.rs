@@ -28,7 +28,7 @@
 
 pub mod incremental;
 mod instances;
-mod names;
+pub mod names;
 mod routes;
 mod security_groups;
 mod skeleton;

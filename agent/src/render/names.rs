@@ -51,19 +51,34 @@ pub(super) fn per_family(base: &str, family: IpFamily) -> String {
     }
 }
 
-/// A group's member set (`grp_<g>`, `grp6_<g>`).
-pub(crate) fn is_group_set(name: &str) -> bool {
+/// The group whose member set this is (`grp_<g>`, `grp6_<g>`).
+pub fn group_of_set(name: &str) -> Option<&str> {
     GROUP_SET_PREFIX
         .iter()
-        .any(|prefix| name.starts_with(prefix))
+        .find_map(|prefix| name.strip_prefix(prefix))
+}
+
+/// The group whose chain this is (`sg_<g>`).
+pub fn group_of_chain(name: &str) -> Option<&str> {
+    name.strip_prefix(SG_CHAIN_PREFIX)
+}
+
+/// The instance whose chain this is (`in_<id>`).
+pub fn instance_of_chain(name: &str) -> Option<&str> {
+    name.strip_prefix(INSTANCE_CHAIN_PREFIX)
+}
+
+/// A group's member set (`grp_<g>`, `grp6_<g>`).
+pub(crate) fn is_group_set(name: &str) -> bool {
+    group_of_set(name).is_some()
 }
 
 /// A security group's chain (`sg_<g>`).
 pub(crate) fn is_sg_chain(name: &str) -> bool {
-    name.starts_with(SG_CHAIN_PREFIX)
+    group_of_chain(name).is_some()
 }
 
 /// An instance's chain (`in_<id>`).
 pub(crate) fn is_instance_chain(name: &str) -> bool {
-    name.starts_with(INSTANCE_CHAIN_PREFIX)
+    instance_of_chain(name).is_some()
 }

@@ -399,7 +399,7 @@ mod tests {
                 Change::ChangeChain {
                     table: inet,
                     name: group,
-                    old_rules: 2,
+                    old: sg_a,
                     chain: sg_a,
                 },
                 add(0, 0, 0, 0),
@@ -422,7 +422,7 @@ mod tests {
                 Change::RemoveChain {
                     table: inet,
                     name: &self.gone,
-                    rules: 3,
+                    old: in_x,
                 },
             ]
         }
