@@ -413,7 +413,11 @@ fn bad_delta_json_is_refused_with_the_reason() {
         ),
         (
             r#"{"members":{"sg-a":{"add":[]},"sg-a":{"add":[]}}}"#,
-            "members: group \"sg-a\" is named twice or empty",
+            "members: group sg-a is named twice",
+        ),
+        (
+            r#"{"members":{"":{"add":[]}}}"#,
+            "members: an empty group id",
         ),
         (r#"{"set":{"nodes":[]}}"#, "unknown section name \"nodes\""),
         (

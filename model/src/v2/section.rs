@@ -32,10 +32,26 @@ impl From<&str> for GroupId {
 
 impl Ord for GroupId {
     fn cmp(&self, other: &Self) -> Ordering {
-        if self.0.is_ascii() && other.0.is_ascii() {
-            return self.0.cmp(&other.0);
-        }
-        self.0.encode_utf16().cmp(other.0.encode_utf16())
+        utf16_order(&self.0, &other.0)
+    }
+}
+
+/// RFC 8785 compares keys by UTF-16 code units. UTF-8 bytes compare as code
+/// points, which is the same order except between U+E000..=U+FFFF (lead
+/// byte 0xEE or 0xEF) and U+10000 and above (lead byte 0xF0..), which
+/// UTF-16 writes as surrogates 0xD800.. and so sorts first. The first
+/// differing byte says which case it is, so this costs one `memcmp`.
+fn utf16_order(a: &str, b: &str) -> Ordering {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let Some(at) = a.iter().zip(b).position(|(x, y)| x != y) else {
+        return a.len().cmp(&b.len());
+    };
+    let above_bmp = |lead: u8| lead >= 0xF0;
+    let top_of_bmp = |lead: u8| lead == 0xEE || lead == 0xEF;
+    match (a[at], b[at]) {
+        (x, y) if above_bmp(x) && top_of_bmp(y) => Ordering::Less,
+        (x, y) if top_of_bmp(x) && above_bmp(y) => Ordering::Greater,
+        (x, y) => x.cmp(&y),
     }
 }
 
@@ -73,11 +89,36 @@ pub enum SectionName {
 
 impl SectionName {
     /// The sections every view has: a delta may change them, never remove them.
+    pub const REQUIRED: [SectionName; 6] = [
+        SectionName::Schema,
+        SectionName::Node,
+        SectionName::PublicIps,
+        SectionName::Subnets,
+        SectionName::Routes,
+        SectionName::Instances,
+    ];
+
     pub fn is_required(&self) -> bool {
-        !matches!(
-            self,
-            SectionName::Metadata | SectionName::SecurityGroup(_) | SectionName::GroupMembers(_)
-        )
+        Self::REQUIRED.contains(self)
+    }
+
+    /// Appends the name as a JSON string. Valid ids need no escapes, so
+    /// the text is copied as it is; any other id goes through the escaper.
+    pub(crate) fn write_json(&self, out: &mut Vec<u8>) {
+        let (prefix, id) = match self {
+            SectionName::GroupMembers(id) => (GROUP_MEMBERS, id.as_str()),
+            SectionName::SecurityGroup(id) => (SECURITY_GROUPS, id.as_str()),
+            _ => ("", ""),
+        };
+        let plain = |b: &u8| *b >= 0x20 && *b != b'"' && *b != b'\\';
+        if prefix.is_empty() || !id.bytes().all(|b| plain(&b)) {
+            serde_json::to_writer(&mut *out, self).expect("writing to a Vec cannot fail");
+            return;
+        }
+        out.push(b'"');
+        out.extend_from_slice(prefix.as_bytes());
+        out.extend_from_slice(id.as_bytes());
+        out.push(b'"');
     }
 
     pub fn group_members(group: &str) -> Self {
@@ -345,5 +386,63 @@ impl Eq for Section {}
 impl Serialize for Section {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         self.value().serialize(serializer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_ids_sort_by_utf16_code_units() {
+        let ids = [
+            "a",
+            "ab",
+            "b",
+            "é",
+            "\u{d7ff}",
+            "\u{e000}",
+            "\u{ff01}",
+            "\u{10000}",
+            "\u{1f600}",
+        ];
+        for a in ids {
+            for b in ids {
+                let utf16 = a.encode_utf16().cmp(b.encode_utf16());
+                assert_eq!(
+                    GroupId::from(a).cmp(&GroupId::from(b)),
+                    utf16,
+                    "{a:?} {b:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn names_are_written_as_the_escaper_writes_them() {
+        for id in [
+            "sg-web",
+            "a\"b",
+            "back\\slash",
+            "tab\tctl\u{1}",
+            "é€😀",
+            "a/b",
+        ] {
+            for name in [
+                SectionName::group_members(id),
+                SectionName::security_group(id),
+            ] {
+                let mut fast = Vec::new();
+                name.write_json(&mut fast);
+                assert_eq!(
+                    fast,
+                    serde_json::to_vec(&name.to_string()).unwrap(),
+                    "{id:?}"
+                );
+            }
+        }
+        let mut plain = Vec::new();
+        SectionName::PublicIps.write_json(&mut plain);
+        assert_eq!(plain, b"\"public_ips\"");
     }
 }

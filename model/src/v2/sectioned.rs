@@ -77,16 +77,17 @@ impl SectionedView {
     pub fn from_sections(
         sections: impl IntoIterator<Item = (SectionName, Section)>,
     ) -> Result<Self, SectionError> {
-        let mut map = BTreeMap::new();
-        for (name, section) in sections {
-            if !section.value().fits(&name) {
-                return Err(SectionError::WrongValue(name.to_string()));
-            }
-            if map.contains_key(&name) {
-                return Err(SectionError::NamedTwice(name.to_string()));
-            }
-            map.insert(name, section);
+        let mut sections: Vec<(SectionName, Section)> = sections.into_iter().collect();
+        // Stable and one pass when the input is in order, as it is when it
+        // comes from another view; the map is then built in one pass too.
+        sections.sort_by(|a, b| a.0.cmp(&b.0));
+        if let Some(pair) = sections.windows(2).find(|pair| pair[0].0 == pair[1].0) {
+            return Err(SectionError::NamedTwice(pair[0].0.to_string()));
         }
+        if let Some((name, _)) = sections.iter().find(|(name, s)| !s.value().fits(name)) {
+            return Err(SectionError::WrongValue(name.to_string()));
+        }
+        let map: BTreeMap<SectionName, Section> = sections.into_iter().collect();
         Self::from_checked_map(map)
     }
 
@@ -94,15 +95,10 @@ impl SectionedView {
     pub(crate) fn from_checked_map(
         sections: BTreeMap<SectionName, Section>,
     ) -> Result<Self, SectionError> {
-        let required = [
-            SectionName::Schema,
-            SectionName::Node,
-            SectionName::PublicIps,
-            SectionName::Subnets,
-            SectionName::Routes,
-            SectionName::Instances,
-        ];
-        if let Some(missing) = required.iter().find(|name| !sections.contains_key(name)) {
+        if let Some(missing) = SectionName::REQUIRED
+            .iter()
+            .find(|name| !sections.contains_key(name))
+        {
             return Err(SectionError::Missing(missing.to_string()));
         }
         let state_id = v2_id_of_manifest_json(&manifest_json_of(&sections));
@@ -243,15 +239,17 @@ impl SectionedView {
 
 /// `{"name":"digest",…}` in the map's order, which is RFC 8785's.
 fn manifest_json_of(sections: &BTreeMap<SectionName, Section>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(sections.len() * 100 + 2);
+    let mut out = Vec::with_capacity(sections.len() * 112 + 2);
+    let mut digits = [0u8; 64];
     out.push(b'{');
     for (position, (name, section)) in sections.iter().enumerate() {
         if position > 0 {
             out.push(b',');
         }
-        serde_json::to_writer(&mut out, name).expect("writing to a Vec cannot fail");
+        name.write_json(&mut out);
+        hex::encode_to_slice(section.digest().0, &mut digits).expect("64 digits for 32 bytes");
         out.extend_from_slice(b":\"");
-        out.extend_from_slice(section.digest().to_string().as_bytes());
+        out.extend_from_slice(&digits);
         out.push(b'"');
     }
     out.push(b'}');

@@ -88,9 +88,12 @@ impl<'de> Visitor<'de> for MembersVisitor {
         let mut members = BTreeMap::new();
         while let Some(group) = map.next_key::<String>()? {
             let id = GroupId::from(group.as_str());
-            if group.is_empty() || members.contains_key(&id) {
+            if group.is_empty() {
+                return Err(de::Error::custom("members: an empty group id"));
+            }
+            if members.contains_key(&id) {
                 return Err(de::Error::custom(format!(
-                    "members: group {group:?} is named twice or empty"
+                    "members: group {group} is named twice"
                 )));
             }
             members.insert(id, Arc::new(map.next_value::<MembersChange>()?));
