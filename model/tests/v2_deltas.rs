@@ -452,3 +452,62 @@ fn a_view_that_lists_a_group_twice_has_no_sectioned_form() {
         "section security_groups/sg-admin is named twice"
     );
 }
+
+#[test]
+fn sections_that_are_not_a_view_are_refused() {
+    let view = view_for(&example(), "nc-1").unwrap();
+    let without_node = cut_view(view.clone())
+        .into_iter()
+        .filter(|(name, _)| *name != SectionName::Node);
+    assert_eq!(
+        SectionedView::from_sections(without_node)
+            .unwrap_err()
+            .to_string(),
+        "section node is missing; every view has it"
+    );
+    let misnamed = cut_view(view)
+        .into_iter()
+        .map(|(name, section)| match name {
+            SectionName::Routes => (SectionName::Subnets, section),
+            SectionName::Subnets => (SectionName::Routes, section),
+            other => (other, section),
+        });
+    assert_eq!(
+        SectionedView::from_sections(misnamed)
+            .unwrap_err()
+            .to_string(),
+        "section routes holds a value of another kind (or another group's id)"
+    );
+}
+
+#[test]
+fn replacing_a_section_gives_the_view_a_full_cut_gives() {
+    let (before, after) = nc1_around_a_launch();
+    let web = SectionName::group_members("sg-web");
+    let changed = after.get(&web).unwrap().clone();
+    let replaced = before.replacing([(web.clone(), Some(changed))]).unwrap();
+    assert_eq!(replaced.state_id(), after.state_id());
+    assert!(replaced
+        .get(&SectionName::Instances)
+        .unwrap()
+        .ptr_eq(before.get(&SectionName::Instances).unwrap()));
+    let node = before.get(&SectionName::Node).unwrap().clone();
+    assert_eq!(
+        before
+            .replacing([(web, Some(node))])
+            .unwrap_err()
+            .to_string(),
+        "section group_members/sg-web holds a value of another kind (or another group's id)"
+    );
+    assert_eq!(
+        before
+            .replacing([(SectionName::Routes, None)])
+            .unwrap_err()
+            .to_string(),
+        "section routes is missing; every view has it"
+    );
+    let without_metadata = before.replacing([(SectionName::Metadata, None)]).unwrap();
+    let mut view = before.to_view();
+    view.metadata = None;
+    assert_eq!(without_metadata, SectionedView::from_view(&view).unwrap());
+}

@@ -19,44 +19,35 @@ pub struct SectionedView {
 
 /// Cuts a view into its sections (docs/protocol.md, "Version 2"), each
 /// canonicalised and hashed once. Unordered input is put in order, as
-/// `NodeView::canonicalize` does.
-pub fn cut_view(view: &NodeView) -> Vec<(SectionName, Section)> {
+/// `NodeView::canonicalize` does. The view's parts are moved, not copied.
+pub fn cut_view(view: NodeView) -> Vec<(SectionName, Section)> {
     let mut sections = vec![
         (SectionName::Schema, SectionValue::Schema(view.schema)),
-        (SectionName::Node, SectionValue::Node(view.node.clone())),
+        (SectionName::Node, SectionValue::Node(view.node)),
         (
             SectionName::PublicIps,
-            SectionValue::PublicIps(view.public_ips.clone()),
+            SectionValue::PublicIps(view.public_ips),
         ),
-        (
-            SectionName::Subnets,
-            SectionValue::Subnets(view.subnets.clone()),
-        ),
-        (
-            SectionName::Routes,
-            SectionValue::Routes(view.routes.clone()),
-        ),
+        (SectionName::Subnets, SectionValue::Subnets(view.subnets)),
+        (SectionName::Routes, SectionValue::Routes(view.routes)),
         (
             SectionName::Instances,
-            SectionValue::Instances(view.instances.clone()),
+            SectionValue::Instances(view.instances),
         ),
     ];
-    if let Some(metadata) = &view.metadata {
-        sections.push((
-            SectionName::Metadata,
-            SectionValue::Metadata(metadata.clone()),
-        ));
+    if let Some(metadata) = view.metadata {
+        sections.push((SectionName::Metadata, SectionValue::Metadata(metadata)));
     }
-    sections.extend(view.security_groups.iter().map(|group| {
+    sections.extend(view.security_groups.into_iter().map(|group| {
         (
             SectionName::security_group(&group.id),
-            SectionValue::SecurityGroup(group.clone()),
+            SectionValue::SecurityGroup(group),
         )
     }));
-    sections.extend(view.group_members.iter().map(|(group, ips)| {
+    sections.extend(view.group_members.into_iter().map(|(group, ips)| {
         (
-            SectionName::group_members(group),
-            SectionValue::GroupMembers(ips.clone()),
+            SectionName::group_members(&group),
+            SectionValue::GroupMembers(ips),
         )
     }));
     sections
@@ -69,6 +60,12 @@ impl SectionedView {
     /// A view read from the wire may list a group twice; that view has no
     /// v2 form and is refused here.
     pub fn from_view(view: &NodeView) -> Result<Self, SectionError> {
+        Self::from_owned_view(view.clone())
+    }
+
+    /// As [`Self::from_view`], for a view the caller no longer needs (one
+    /// just parsed), whose lists move into the sections.
+    pub fn from_owned_view(view: NodeView) -> Result<Self, SectionError> {
         Self::from_sections(cut_view(view))
     }
 
@@ -89,6 +86,26 @@ impl SectionedView {
         }
         let map: BTreeMap<SectionName, Section> = sections.into_iter().collect();
         Self::from_checked_map(map)
+    }
+
+    /// This view with some sections replaced (`Some`) or removed (`None`):
+    /// the way to follow a change, since only the manifest is hashed again
+    /// and the untouched sections stay shared with this view.
+    pub fn replacing(
+        &self,
+        changes: impl IntoIterator<Item = (SectionName, Option<Section>)>,
+    ) -> Result<Self, SectionError> {
+        let mut sections = self.sections.clone();
+        for (name, section) in changes {
+            match section {
+                Some(section) if !section.value().fits(&name) => {
+                    return Err(SectionError::WrongValue(name.to_string()));
+                }
+                Some(section) => drop(sections.insert(name, section)),
+                None => drop(sections.remove(&name)),
+            }
+        }
+        Self::from_checked_map(sections)
     }
 
     /// `map` holds only sections that fit their names.
