@@ -223,9 +223,9 @@ pub enum SectionValue {
 }
 
 impl SectionValue {
-    /// Puts the value in the view's canonical order (MODEL.md, docs/model.md),
-    /// with the rules `NodeView::canonicalize` uses. Sorting a sorted list
-    /// is one pass.
+    /// Puts the value in the view's canonical order (docs/model.md),
+    /// with the rules `NodeView::canonicalize` uses. A list already in
+    /// order (as a server sends it) is found so in one pass.
     fn canonicalize(&mut self) {
         match self {
             SectionValue::GroupMembers(ips) | SectionValue::PublicIps(ips) => sort_numerically(ips),
