@@ -11,6 +11,7 @@ pub mod index;
 pub mod parse;
 pub mod protocol;
 pub mod synthetic;
+pub mod v2;
 pub mod validate;
 pub mod view;
 
