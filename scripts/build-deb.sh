@@ -28,6 +28,9 @@ install -Dm0644 systemd/edgenetd.service "$root/lib/systemd/system/edgenetd.serv
 install -Dm0644 systemd/edgenet-server.service "$root/lib/systemd/system/edgenet-server.service"
 install -Dm0644 systemd/edgenet.sysusers "$root/usr/lib/sysusers.d/edgenet.conf"
 install -Dm0644 systemd/edgenet.tmpfiles "$root/usr/lib/tmpfiles.d/edgenet.conf"
+install -Dm0644 systemd/edgenet-server.sysusers "$root/usr/lib/sysusers.d/edgenet-server.conf"
+install -Dm0644 systemd/edgenet-server.tmpfiles "$root/usr/lib/tmpfiles.d/edgenet-server.conf"
+install -Dm0755 systemd/edgenet-server-setup "$root/usr/libexec/edgenet-server/edgenet-server-setup"
 install -Dm0644 systemd/60-edgenet.sysctl "$root/usr/lib/sysctl.d/60-edgenet.conf"
 install -Dm0644 systemd/edgenet.modules-load "$root/usr/lib/modules-load.d/edgenet.conf"
 install -Dm0640 systemd/edgenetd.toml "$root/etc/edgenet/edgenetd.toml"
@@ -57,7 +60,7 @@ Package: edgenet
 Version: $version
 Architecture: $arch
 Maintainer: edgenet developers <edgenet@example.invalid>
-Depends: nftables, iproute2, systemd
+Depends: nftables, iproute2, systemd, openssl
 Section: net
 Priority: optional
 Installed-Size: $(du -sk "$root" | cut -f1)
@@ -72,8 +75,9 @@ cat > "$root/DEBIAN/postinst" <<'POSTINST'
 #!/bin/sh
 set -e
 if [ "$1" = configure ]; then
-  systemd-sysusers edgenet.conf >/dev/null 2>&1 || true
-  systemd-tmpfiles --create edgenet.conf >/dev/null 2>&1 || true
+  systemd-sysusers edgenet.conf edgenet-server.conf >/dev/null 2>&1 || true
+  systemd-tmpfiles --create edgenet.conf edgenet-server.conf >/dev/null 2>&1 || true
+  /usr/libexec/edgenet-server/edgenet-server-setup /etc/edgenet-server
   chgrp edgenet /etc/edgenet/edgenetd.toml 2>/dev/null || true
   if [ -d /run/systemd/system ]; then
     systemctl daemon-reload >/dev/null 2>&1 || true

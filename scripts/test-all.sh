@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 log() { printf '==> %s\n' "$*" >&2; }
 
 install_system_packages() {
-  local wanted=(nftables iproute2 iputils-ping procps python3-pip systemd man-db dpkg openssl)
+  local wanted=(nftables iproute2 iputils-ping procps python3-pip systemd man-db dpkg openssl curl util-linux)
   local missing=()
   for package in "${wanted[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -53,6 +53,8 @@ cargo nextest run --workspace --no-fail-fast
 
 log "systemd units: verify and security exposure"
 bash scripts/check-systemd.sh
+log "the server unit, started as its user with its credentials"
+bash scripts/check-server-unit.sh
 log "Debian package"
 package=$(bash scripts/build-deb.sh dev | tail -1)
 dpkg -c "$package" | awk '{print $6}' | grep -E '^\./(usr/bin|lib/systemd|usr/share/man)/'
