@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 log() { printf '==> %s\n' "$*" >&2; }
 
 install_system_packages() {
-  local wanted=(nftables iproute2 iputils-ping procps python3-pip systemd man-db dpkg openssl curl util-linux)
+  local wanted=(nftables iproute2 iputils-ping procps python3-pip systemd man-db dpkg dpkg-dev debhelper fakeroot lintian openssl curl util-linux)
   local missing=()
   for package in "${wanted[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -55,8 +55,13 @@ log "systemd units: verify and security exposure"
 bash scripts/check-systemd.sh
 log "the server unit, started as its user with its credentials"
 bash scripts/check-server-unit.sh
-log "Debian package"
-package=$(bash scripts/build-deb.sh dev | tail -1)
-dpkg -c "$package" | awk '{print $6}' | grep -E '^\./(usr/bin|lib/systemd|usr/share/man)/'
+log "Debian packages"
+packages=$(bash scripts/build-deb.sh dev)
+for name in edgenetd edgenet-server; do
+  package=$(grep -E "/${name}_[^/]*\.deb$" <<<"$packages")
+  dpkg -c "$package" | awk '{print $6}' | grep -E '^\./(usr/bin|lib/systemd|usr/share/man)/'
+done
+log "lintian (errors fail; warnings are listed)"
+bash scripts/check-lintian.sh $(grep -v -- -dbgsym <<<"$packages")
 log "the README's first command, with --once"
 cargo run --release -- run --dry-run --model examples/cloud.json --node nc-1 --once
