@@ -2,7 +2,7 @@
 # Boots real systemd (systemd-nspawn --boot) in a container whose /usr is an
 # overlay of this machine's, with its own network namespace, and there
 # installs both packages with dpkg and drives them through their units
-# (tests/systemd-boot/inside.sh): the server over HTTPS as its user with
+# (scripts/check-systemd-boot-inside.sh): the server over HTTPS as its user with
 # its credentials, the agent applying the example model's node view
 # from the server, re-applying after nftables.service restarts and reloads,
 # a restart on upgrade, stop on remove, and purge. Needs root and
@@ -37,7 +37,7 @@ find "$root/etc/systemd/system" -mindepth 1 -maxdepth 1 -name '*.wants' -exec rm
 cp -a /var/lib/dpkg "$root/var/lib/dpkg"
 
 cp "${packages[@]}" "$work/test/packages/"
-cp tests/systemd-boot/inside.sh "$work/test/"
+cp scripts/check-systemd-boot-inside.sh "$work/test/"
 cp examples/cloud.json "$work/test/cloud.json"
 cp systemd/server-credentials.example.toml "$work/test/server-credentials.toml"
 cp systemd/node-credentials.example "$work/test/node-credentials"
