@@ -37,7 +37,7 @@ find "$root/etc/systemd/system" -mindepth 1 -maxdepth 1 -name '*.wants' -exec rm
 cp -a /var/lib/dpkg "$root/var/lib/dpkg"
 
 cp "${packages[@]}" "$work/test/packages/"
-cp scripts/check-systemd-boot-inside.sh "$work/test/"
+cp scripts/check-systemd-boot-inside.sh "$work/test/inside.sh"
 cp examples/cloud.json "$work/test/cloud.json"
 cp systemd/server-credentials.example.toml "$work/test/server-credentials.toml"
 cp systemd/node-credentials.example "$work/test/node-credentials"
