@@ -61,8 +61,10 @@ systemctl show -P StatusText edgenetd.service
 
 step "nftables.service restart flushes the ruleset; edgenetd re-applies"
 before=$(invocation)
+started=$(date +%s.%N)
 systemctl restart nftables.service
 wait_for 150 restarted_and_applied "$before" || fail "edgenetd not restarted, or table not back, after nftables restart"
+echo "table inet edgenet back $(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }') s after the restart began"
 step "nftables.service reload"
 before=$(invocation)
 systemctl reload nftables.service
