@@ -15,7 +15,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ $# -eq 0 ]; then
-  mapfile -t packages < <(bash scripts/build-deb.sh dev | grep -v -- -dbgsym)
+  built=$(bash scripts/build-deb.sh dev)
+  mapfile -t packages < <(grep -v -- -dbgsym <<<"$built")
 else
   packages=("$@")
 fi

@@ -57,14 +57,15 @@ bash scripts/check-systemd.sh
 log "the server unit, started as its user with its credentials"
 bash scripts/check-server-unit.sh
 log "Debian packages"
-packages=$(bash scripts/build-deb.sh dev)
+built=$(bash scripts/build-deb.sh dev)
+mapfile -t packages < <(grep -v -- -dbgsym <<<"$built")
 for name in edgenetd edgenet-server; do
-  package=$(grep -E "/${name}_[^/]*\.deb$" <<<"$packages")
+  package=$(printf '%s\n' "${packages[@]}" | grep -E "/${name}_[^/]*\.deb$")
   dpkg -c "$package" | awk '{print $6}' | grep -E '^\./(usr/bin|lib/systemd|usr/share/man)/'
 done
 log "lintian (errors fail; warnings are listed)"
-bash scripts/check-lintian.sh $(grep -v -- -dbgsym <<<"$packages")
+bash scripts/check-lintian.sh "${packages[@]}"
 log "both packages under real systemd (systemd-nspawn --boot)"
-bash scripts/check-systemd-boot.sh $(grep -v -- -dbgsym <<<"$packages")
+bash scripts/check-systemd-boot.sh "${packages[@]}"
 log "the README's first command, with --once"
 cargo run --release -- run --dry-run --model examples/cloud.json --node nc-1 --once
