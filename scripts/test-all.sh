@@ -41,16 +41,35 @@ run_extra_setup() {
   done
 }
 
+install_test_runner() {
+  # nextest runs each test in its own process, in parallel; cargo test is
+  # the fallback when it cannot be installed.
+  if ! cargo nextest --version >/dev/null 2>&1; then
+    log "installing cargo-nextest from crates.io"
+    cargo install --locked --quiet cargo-nextest || true
+  fi
+}
+
 install_system_packages
 install_python_packages
+install_test_runner
 run_extra_setup
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
-log "cargo nextest run"
-cargo nextest run --workspace --no-fail-fast
+run_tests() {
+  if cargo nextest --version >/dev/null 2>&1; then
+    log "cargo nextest run"
+    cargo nextest run "$@"
+  else
+    log "cargo-nextest is not installed and could not be: cargo test instead"
+    cargo test "$@"
+  fi
+}
+
+run_tests --workspace --no-fail-fast
 
 log "systemd units: verify and security exposure"
 bash scripts/check-systemd.sh
