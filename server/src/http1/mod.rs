@@ -77,6 +77,8 @@ pub enum ConnError {
     BadHead(String),
     #[error("bad request framing: {0}")]
     BadFraming(&'static str),
+    #[error("not implemented: {0}")]
+    Unimplemented(&'static str),
     #[error("request head not complete in time")]
     HeadTimeout,
     #[error("client closed the connection in the middle of a request")]
@@ -95,6 +97,7 @@ impl ConnError {
                 Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
             }
             ConnError::BadHead(_) | ConnError::BadFraming(_) => Some(StatusCode::BAD_REQUEST),
+            ConnError::Unimplemented(_) => Some(StatusCode::NOT_IMPLEMENTED),
             ConnError::HeadTimeout => Some(StatusCode::REQUEST_TIMEOUT),
             ConnError::HandlerPanicked => Some(StatusCode::INTERNAL_SERVER_ERROR),
             ConnError::Io(_) | ConnError::ClosedMidRequest | ConnError::ClientGone => None,
