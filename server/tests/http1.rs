@@ -104,6 +104,8 @@ fn config() -> Config {
         head_timeout: Duration::from_secs(1),
         max_body_bytes: 1024,
         body_timeout: Duration::from_secs(1),
+        write_timeout: Duration::from_secs(1),
+        max_pipelined: 32,
     }
 }
 
