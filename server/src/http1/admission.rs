@@ -297,15 +297,13 @@ impl Binder {
     }
 }
 
-impl Ticket {
-    /// A ticket outside any budget (a connection served on its own).
-    pub fn unlisted() -> Self {
-        Ticket {
-            slot: None,
-            admission: None,
-        }
-    }
+/// The ticket of connections served outside any budget.
+pub static UNLISTED: Ticket = Ticket {
+    slot: None,
+    admission: None,
+};
 
+impl Ticket {
     /// What binds the serving task to this ticket, taken before the task
     /// is spawned with the ticket.
     pub fn binder(&self) -> Binder {

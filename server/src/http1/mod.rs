@@ -141,25 +141,27 @@ const MIN_READ: usize = 512;
 /// Serves requests on `io` one after another until the client closes, asks
 /// to close, breaks the protocol, or `stop` turns true (then an idle
 /// connection closes at once and a busy one after its answer).
-pub async fn serve_connection<T, S, F>(
+pub fn serve_connection<T, S, F>(
     io: T,
     config: Arc<Config>,
     stop: watch::Receiver<bool>,
     service: S,
-) -> Result<(), ConnError>
+) -> impl Future<Output = Result<(), ConnError>>
 where
     T: Transport,
     S: Fn(Request<RequestBody>) -> F,
     F: Future<Output = Response<Bytes>>,
 {
-    serve_admitted(io, &Ticket::unlisted(), config, stop, service).await
+    // Not an `async fn`: a wrapper future would hold its own copy of the
+    // arguments next to the inner one's, in every connection's task.
+    serve_admitted(io, &admission::UNLISTED, config, stop, service)
 }
 
 /// [`serve_connection`] for a connection admitted with `ticket`: it tells
 /// the ticket whose turn it is, so that only a connection waiting on its
 /// client can be evicted.
 pub async fn serve_admitted<T, S, F>(
-    mut io: T,
+    io: T,
     ticket: &Ticket,
     config: Arc<Config>,
     mut stop: watch::Receiver<bool>,
@@ -170,28 +172,30 @@ where
     S: Fn(Request<RequestBody>) -> F,
     F: Future<Output = Response<Bytes>>,
 {
-    let mut carry = Vec::new();
+    // Owned, not borrowed: references to the locals would take room in
+    // every connection's task, which is what a parked poll costs.
     let mut conn = Conn {
-        io: &mut io,
-        carry: &mut carry,
-        config: &config,
+        io,
+        carry: Vec::new(),
+        config,
         ticket,
     };
     let result = serve_requests(&mut conn, &mut stop, &service).await;
-    drop(carry);
+    conn.carry = Vec::new();
     if let Some(status) = result.as_ref().err().and_then(ConnError::status) {
-        ticket.client_turn();
-        Box::pin(write::refuse(&mut io, status, config.write_timeout)).await;
+        conn.ticket.client_turn();
+        let timeout = conn.config.write_timeout;
+        Box::pin(write::refuse(&mut conn.io, status, timeout)).await;
     }
     result
 }
 
 /// What serving one connection works with.
 struct Conn<'a, T> {
-    io: &'a mut T,
+    io: T,
     /// Bytes read past the current request: the start of the next one.
-    carry: &'a mut Vec<u8>,
-    config: &'a Config,
+    carry: Vec<u8>,
+    config: Arc<Config>,
     ticket: &'a Ticket,
 }
 
@@ -205,7 +209,8 @@ where
     S: Fn(Request<RequestBody>) -> F,
     F: Future<Output = Response<Bytes>>,
 {
-    let mut pipelined_in_a_row = 0;
+    // u32, not usize: this lives in every parked poll's task.
+    let mut pipelined_in_a_row: u32 = 0;
     let mut answered_before = false;
     loop {
         if !conn.ticket.client_turn() {
@@ -225,22 +230,23 @@ where
         } = *incoming;
         // A first request has no answer before it to be pipelined behind.
         pipelined_in_a_row = if pipelined && answered_before {
-            pipelined_in_a_row + 1
+            pipelined_in_a_row.saturating_add(1)
         } else {
             0
         };
         answered_before = true;
-        let response = respond(conn.io, conn.carry, service(request)).await?;
+        let response = respond(&mut conn.io, &mut conn.carry, service(request)).await?;
         conn.ticket.client_turn();
-        framing.keep_alive &=
-            body_complete && !*stop.borrow() && pipelined_in_a_row < conn.config.max_pipelined;
+        framing.keep_alive &= body_complete
+            && !*stop.borrow()
+            && (pipelined_in_a_row as usize) < conn.config.max_pipelined;
         let timeout = conn.config.write_timeout;
-        Box::pin(write::answer(conn.io, response, framing, timeout)).await?;
+        Box::pin(write::answer(&mut conn.io, response, framing, timeout)).await?;
         if !framing.keep_alive {
             if body_complete && conn.carry.is_empty() && !pipelined {
-                write::close(conn.io, timeout).await;
+                write::close(&mut conn.io, timeout).await;
             } else {
-                Box::pin(write::linger(conn.io, timeout)).await;
+                Box::pin(write::linger(&mut conn.io, timeout)).await;
             }
             return Ok(());
         }
@@ -268,7 +274,7 @@ async fn next_request<T: Transport>(
     let deadline = Instant::now() + conn.config.head_timeout;
     let pipelined = match conn.carry.is_empty() {
         false => true,
-        true => match wait_for_input(conn.io, conn.carry, stop, deadline).await? {
+        true => match wait_for_input(&mut conn.io, &mut conn.carry, stop, deadline).await? {
             Input::Closed => return Ok(None),
             Input::Waited => false,
             Input::AlreadyThere => true,
@@ -279,7 +285,13 @@ async fn next_request<T: Transport>(
     // The request is boxed too: a `let` bound to an await's result keeps
     // its storage during that await, which put a whole request (264 bytes)
     // in every waiting connection's task.
-    let read = Box::pin(read_request(conn.io, conn.carry, conn.config, deadline)).await?;
+    let read = Box::pin(read_request(
+        &mut conn.io,
+        &mut conn.carry,
+        &conn.config,
+        deadline,
+    ))
+    .await?;
     Ok(read.map(|mut incoming| {
         incoming.pipelined = pipelined;
         Box::new(incoming)
