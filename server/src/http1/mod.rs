@@ -285,17 +285,13 @@ async fn next_request<T: Transport>(
     // The request is boxed too: a `let` bound to an await's result keeps
     // its storage during that await, which put a whole request (264 bytes)
     // in every waiting connection's task.
-    let read = Box::pin(read_request(
-        &mut conn.io,
-        &mut conn.carry,
-        &conn.config,
-        deadline,
-    ))
-    .await?;
-    Ok(read.map(|mut incoming| {
-        incoming.pipelined = pipelined;
-        Box::new(incoming)
-    }))
+    let (io, carry, config) = (&mut conn.io, &mut conn.carry, &conn.config);
+    Ok(Box::pin(read_request(io, carry, config, deadline))
+        .await?
+        .map(|mut incoming| {
+            incoming.pipelined = pipelined;
+            Box::new(incoming)
+        }))
 }
 
 /// Reads a request whose first bytes have arrived (or are in `carry`).
