@@ -109,3 +109,25 @@ fn reads_the_soft_limit() {
     );
     assert!(open_files_soft_limit().is_some_and(|n| n > 0));
 }
+
+#[tokio::test]
+async fn accept_failures_back_off_and_out_of_fds_relieves() {
+    let admission = Admission::new(100);
+    let waiting = connection(&admission, ip(1));
+    let mut errors = AcceptErrors::default();
+    let emfile = std::io::Error::from_raw_os_error(EMFILE);
+    let pauses: Vec<Duration> = (0..10)
+        .map(|_| errors.failed(&emfile, &admission))
+        .collect();
+    assert_eq!(pauses[0], FIRST_ACCEPT_PAUSE);
+    assert!(pauses.windows(2).all(|w| w[0] <= w[1]));
+    assert_eq!(*pauses.last().unwrap(), MAX_ACCEPT_PAUSE);
+    settle().await;
+    assert!(
+        waiting.is_finished(),
+        "out of descriptors: a waiting connection goes"
+    );
+    errors.recovered();
+    let other = std::io::Error::from(std::io::ErrorKind::ConnectionAborted);
+    assert_eq!(errors.failed(&other, &admission), FIRST_ACCEPT_PAUSE);
+}
