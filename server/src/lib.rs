@@ -15,7 +15,7 @@ pub mod params;
 pub mod status;
 pub mod tls;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -125,8 +125,11 @@ pub async fn start(cli: &Cli) -> Result<Server, StartError> {
             tracing::error!(error = %e, "model file watch stopped");
         }
     });
+    let admission = http1::Admission::for_this_process();
+    tracing::info!(budget = admission.budget(), "connection budget");
     let conn = Connections {
         state: state.clone(),
+        admission,
         http: Arc::new(http_config(cli)),
         tls: tls.clone(),
         handshake_timeout: Duration::from_secs(cli.header_read_timeout_seconds.max(1)),
@@ -198,12 +201,16 @@ fn http_config(cli: &Cli) -> http1::Config {
         head_timeout: timeout,
         max_body_bytes: cli.max_body_bytes,
         body_timeout: timeout,
+        write_timeout: http1::DEFAULT_WRITE_TIMEOUT,
+        max_pipelined: http1::DEFAULT_MAX_PIPELINED,
     }
 }
 
 /// How accepted connections are served.
 struct Connections {
     state: Arc<AppState>,
+    /// Who keeps a file descriptor when they run short.
+    admission: Arc<http1::Admission>,
     http: Arc<http1::Config>,
     tls: Option<TlsAcceptor>,
     handshake_timeout: Duration,
@@ -218,14 +225,19 @@ async fn serve(
     // Every connection holds a receiver: `true` tells it to finish, and the
     // sender's `closed()` is the moment the last one has.
     let (open, open_rx) = watch::channel(false);
+    let mut accept_errors = http1::AcceptErrors::default();
     loop {
+        conn.admission.settle().await;
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _peer)) => conn.spawn(tcp, open_rx.clone()),
+                Ok((tcp, peer)) => {
+                    accept_errors.recovered();
+                    conn.spawn(tcp, peer.ip(), open_rx.clone());
+                }
                 Err(e) => {
-                    // Out of file descriptors and the like: back off, keep serving.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // Out of file descriptors and the like: keep serving.
+                    let pause = accept_errors.failed(&e, &conn.admission);
+                    tokio::time::sleep(pause).await;
                 }
             },
             _ = stop.changed() => break,
@@ -245,35 +257,54 @@ async fn serve(
     tracing::info!("server stopped");
 }
 
+/// What a refused plain-HTTP client reads before the close.
+const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nretry-after: 1\r\nconnection: close\r\n\r\n";
+
 impl Connections {
-    fn spawn(&self, tcp: TcpStream, stop: watch::Receiver<bool>) {
+    fn spawn(&self, tcp: TcpStream, peer: IpAddr, stop: watch::Receiver<bool>) {
+        let ticket = match self.admission.admit(peer) {
+            Ok(ticket) => ticket,
+            Err(refused) => {
+                tracing::debug!(%peer, error = %refused, "connection refused");
+                if self.tls.is_none() {
+                    let _ = tcp.try_write(REFUSAL);
+                }
+                return;
+            }
+        };
         let _ = tcp.set_nodelay(true);
         let (state, http) = (self.state.clone(), self.http.clone());
+        let binder = ticket.binder();
         // Separate tasks for plain and TLS connections: one task type for
         // both would give every plain connection the size of the TLS state
         // (~5 KB instead of ~1 KB).
-        match self.tls.clone() {
-            None => {
-                tokio::spawn(serve_io(state, http, tcp, stop));
-            }
+        let task = match self.tls.clone() {
+            None => tokio::spawn(serve_io(state, http, tcp, ticket, stop)),
             Some(acceptor) => {
                 let timeout = self.handshake_timeout;
-                tokio::spawn(serve_tls(state, http, tcp, stop, acceptor, timeout));
+                let tls = Handshake { acceptor, timeout };
+                tokio::spawn(serve_tls(state, http, tcp, ticket, stop, tls))
             }
-        }
+        };
+        binder.bind(task.abort_handle());
     }
+}
+
+struct Handshake {
+    acceptor: TlsAcceptor,
+    timeout: Duration,
 }
 
 async fn serve_tls(
     state: Arc<AppState>,
     http: Arc<http1::Config>,
     tcp: TcpStream,
+    ticket: http1::Ticket,
     stop: watch::Receiver<bool>,
-    acceptor: TlsAcceptor,
-    handshake_timeout: Duration,
+    tls: Handshake,
 ) {
-    match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => serve_io(state, http, tls, stop).await,
+    match tokio::time::timeout(tls.timeout, tls.acceptor.accept(tcp)).await {
+        Ok(Ok(io)) => serve_io(state, http, io, ticket, stop).await,
         Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!("TLS handshake timed out"),
     }
@@ -283,10 +314,11 @@ async fn serve_io<I: http1::Transport>(
     state: Arc<AppState>,
     http: Arc<http1::Config>,
     io: I,
+    ticket: http1::Ticket,
     stop: watch::Receiver<bool>,
 ) {
     let service = |req| handlers::handle(state.clone(), req);
-    match http1::serve_connection(io, http, stop, service).await {
+    match http1::serve_admitted(io, &ticket, http, stop, service).await {
         Err(e @ http1::ConnError::HandlerPanicked) => tracing::error!(error = %e, "answered 500"),
         Err(e) => tracing::debug!(error = %e, "connection ended with an error"),
         Ok(()) => {}

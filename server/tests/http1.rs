@@ -104,6 +104,8 @@ fn config() -> Config {
         head_timeout: Duration::from_secs(1),
         max_body_bytes: 1024,
         body_timeout: Duration::from_secs(1),
+        write_timeout: Duration::from_secs(1),
+        max_pipelined: 32,
     }
 }
 
@@ -263,7 +265,10 @@ async fn expect_100_continue_is_answered_before_the_body_is_sent() {
 async fn an_oversized_head_or_too_many_headers_is_431() {
     let h = Harness::default().await;
     let mut s = h.connect().await;
-    let big = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "y".repeat(10_000));
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "y".repeat(10_000)
+    );
     // The server may answer before the whole head is written.
     let _ = s.write_all(big.as_bytes()).await;
     let a = read_answer(&mut s, &mut Vec::new()).await;
@@ -271,13 +276,13 @@ async fn an_oversized_head_or_too_many_headers_is_431() {
     assert!(closed_within(&mut s, Duration::from_secs(3)).await);
     let many: String = (0..65).map(|i| format!("X-H{i}: v\r\n")).collect();
     let mut s = h.connect().await;
-    let a = ask(&mut s, &format!("GET / HTTP/1.1\r\n{many}\r\n")).await;
+    let a = ask(&mut s, &format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n")).await;
     assert_eq!(a.status(), 431);
-    // 64 headers are fine.
-    let many: String = (0..64).map(|i| format!("X-H{i}: v\r\n")).collect();
+    // 64 headers (Host and 63 more) are fine.
+    let many: String = (0..63).map(|i| format!("X-H{i}: v\r\n")).collect();
     let mut s = h.connect().await;
     assert_eq!(
-        ask(&mut s, &format!("GET / HTTP/1.1\r\n{many}\r\n"))
+        ask(&mut s, &format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n"))
             .await
             .status(),
         200
@@ -319,7 +324,7 @@ async fn garbage_is_400_and_harms_no_one_else() {
     let h = Harness::default().await;
     let mut bystander = h.connect().await;
     assert_eq!(
-        ask(&mut bystander, "GET /a HTTP/1.1\r\n\r\n")
+        ask(&mut bystander, "GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
             .status(),
         200
@@ -327,9 +332,9 @@ async fn garbage_is_400_and_harms_no_one_else() {
     let inputs: [&[u8]; 5] = [
         b"\x00\x01GARBAGE \xff\r\n\r\n",
         b"GET / HTTP/9.9\r\n\r\n",
-        b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
-        b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
-        b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
     ];
     for input in inputs {
         let mut s = h.connect().await;
@@ -355,7 +360,9 @@ async fn garbage_is_400_and_harms_no_one_else() {
         assert!(closed_within(&mut s, Duration::from_secs(3)).await);
     }
     assert_eq!(
-        ask(&mut bystander, "GET /b HTTP/1.1\r\n\r\n").await.body,
+        ask(&mut bystander, "GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .body,
         "GET /b 0:"
     );
 }
@@ -387,7 +394,11 @@ async fn http_1_0_closes_unless_asked_to_keep_alive() {
 async fn connection_close_is_honoured() {
     let h = Harness::default().await;
     let mut s = h.connect().await;
-    let a = ask(&mut s, "GET /bye HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+    let a = ask(
+        &mut s,
+        "GET /bye HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert_eq!(a.header("connection"), Some("close"));
     assert!(closed_within(&mut s, Duration::from_secs(2)).await);
 }
@@ -398,7 +409,7 @@ async fn a_body_split_across_many_writes_arrives_whole() {
     let mut s = h.connect().await;
     let body = "Action=DescribeNetworkModel&NodeId=nc-1&WaitSeconds=0";
     let request = format!(
-        "POST /form HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST /form HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     for piece in request.as_bytes().chunks(3) {
@@ -408,7 +419,7 @@ async fn a_body_split_across_many_writes_arrives_whole() {
     let a = read_answer(&mut s, &mut Vec::new()).await;
     assert_eq!(a.body, format!("POST /form {}:{body}", body.len()));
     // The same as a chunked body, also trickled.
-    let chunked = "POST /chunked HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\
+    let chunked = "POST /chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
                    6\r\nAction\r\n1;ext=y\r\n=\r\nF\r\nDescribeNetwork\r\n0\r\nX-Trailer: t\r\n\r\n";
     for piece in chunked.as_bytes().chunks(4) {
         s.write_all(piece).await.unwrap();
@@ -418,7 +429,9 @@ async fn a_body_split_across_many_writes_arrives_whole() {
     assert_eq!(a.body, "POST /chunked 22:Action=DescribeNetwork");
     // And the connection is still good for the next request.
     assert_eq!(
-        ask(&mut s, "GET /next HTTP/1.1\r\n\r\n").await.body,
+        ask(&mut s, "GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .body,
         "GET /next 0:"
     );
 }
@@ -429,7 +442,7 @@ async fn refused_bodies_reach_the_handler_and_close_the_connection() {
     // Larger than the limit.
     let mut s = h.connect().await;
     let big = format!(
-        "POST / HTTP/1.1\r\nContent-Length: 2000\r\n\r\n{}",
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2000\r\n\r\n{}",
         "x".repeat(2000)
     );
     let a = ask(&mut s, &big).await;
@@ -440,7 +453,7 @@ async fn refused_bodies_reach_the_handler_and_close_the_connection() {
     let a = ask(
         &mut s,
         &format!(
-            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n7d0\r\n{}\r\n0\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n7d0\r\n{}\r\n0\r\n\r\n",
             "x".repeat(2000)
         ),
     )
@@ -449,7 +462,11 @@ async fn refused_bodies_reach_the_handler_and_close_the_connection() {
     // Announced but never sent: the body-read timeout.
     let mut s = h.connect().await;
     let started = Instant::now();
-    let a = ask(&mut s, "POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc").await;
+    let a = ask(
+        &mut s,
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc",
+    )
+    .await;
     assert_eq!(a.status(), 408);
     assert!(started.elapsed() < Duration::from_secs(2));
     assert!(closed_within(&mut s, Duration::from_secs(3)).await);
@@ -461,7 +478,7 @@ async fn head_requests_get_the_length_but_no_body() {
     let mut s = h.connect().await;
     // Pipelined: a body wrongly sent after the HEAD answer would show up
     // where the GET answer must start.
-    s.write_all(b"HEAD /thing HTTP/1.1\r\n\r\nGET /after HTTP/1.1\r\n\r\n")
+    s.write_all(b"HEAD /thing HTTP/1.1\r\nHost: x\r\n\r\nGET /after HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
     let mut pending = Vec::new();
@@ -482,27 +499,33 @@ async fn a_panicking_handler_gets_500_and_harms_no_other_connection() {
     let h = Harness::default().await;
     let mut parked = h.connect().await;
     parked
-        .write_all(b"GET /park HTTP/1.1\r\n\r\n")
+        .write_all(b"GET /park HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
     let mut other = h.connect().await;
     assert_eq!(
-        ask(&mut other, "GET /x HTTP/1.1\r\n\r\n").await.status(),
+        ask(&mut other, "GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .status(),
         200
     );
     let mut s = h.connect().await;
-    let a = ask(&mut s, "GET /panic HTTP/1.1\r\n\r\n").await;
+    let a = ask(&mut s, "GET /panic HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert_eq!(a.status(), 500);
     assert!(closed_within(&mut s, Duration::from_secs(3)).await);
     // The kept-alive neighbour and a new connection are still served, and
     // the parked one is still open.
     assert_eq!(
-        ask(&mut other, "GET /y HTTP/1.1\r\n\r\n").await.body,
+        ask(&mut other, "GET /y HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .body,
         "GET /y 0:"
     );
     let mut fresh = h.connect().await;
     assert_eq!(
-        ask(&mut fresh, "GET /z HTTP/1.1\r\n\r\n").await.status(),
+        ask(&mut fresh, "GET /z HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .status(),
         200
     );
     assert!(!closed_within(&mut parked, Duration::from_millis(200)).await);
@@ -512,7 +535,9 @@ async fn a_panicking_handler_gets_500_and_harms_no_other_connection() {
 async fn a_client_that_hangs_up_ends_its_parked_handler() {
     let h = Harness::default().await;
     let mut s = h.connect().await;
-    s.write_all(b"GET /counted HTTP/1.1\r\n\r\n").await.unwrap();
+    s.write_all(b"GET /counted HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(3);
     while COUNTED.load(Ordering::SeqCst) == 0 {
         assert!(Instant::now() < deadline, "the handler did not start");
@@ -533,11 +558,13 @@ async fn stop_closes_idle_connections_and_lets_answers_finish() {
     let h = Harness::default().await;
     let mut idle = h.connect().await;
     assert_eq!(
-        ask(&mut idle, "GET /a HTTP/1.1\r\n\r\n").await.status(),
+        ask(&mut idle, "GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .status(),
         200
     );
     let mut busy = h.connect().await;
-    busy.write_all(b"GET /slow?300 HTTP/1.1\r\n\r\n")
+    busy.write_all(b"GET /slow?300 HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;

@@ -60,6 +60,8 @@ async fn heap_per_connection(request: &'static [u8]) -> isize {
         head_timeout: Duration::from_secs(30),
         max_body_bytes: 64 * 1024,
         body_timeout: Duration::from_secs(30),
+        write_timeout: Duration::from_secs(30),
+        max_pipelined: 32,
     });
     let accepted = Arc::new(AtomicUsize::new(0));
     let counter = accepted.clone();

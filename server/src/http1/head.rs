@@ -2,7 +2,8 @@
 //! result into an owned `http::Request<()>` and decides the body framing and
 //! keep-alive, the way RFC 9112 section 6.3 orders them.
 
-use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TRANSFER_ENCODING};
+use http::uri::Authority;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
 
 use super::ConnError;
@@ -102,6 +103,7 @@ struct Meaning {
 impl Meaning {
     fn of(headers: &HeaderMap, version: Version) -> Result<Meaning, ConnError> {
         let http11 = version == Version::HTTP_11;
+        check_host(headers, http11)?;
         let mut keep_alive = if http11 {
             !has_token(headers, CONNECTION, "close")
         } else {
@@ -111,11 +113,7 @@ impl Meaning {
             if !http11 {
                 return Err(ConnError::BadFraming("Transfer-Encoding in HTTP/1.0"));
             }
-            if !last_coding_is_chunked(headers) {
-                return Err(ConnError::BadFraming(
-                    "Transfer-Encoding other than chunked",
-                ));
-            }
+            check_transfer_codings(headers)?;
             // Both headers is how request smuggling starts: ignore the length
             // (RFC 9112 6.3) and do not reuse the connection.
             if headers.contains_key(CONTENT_LENGTH) {
@@ -162,15 +160,45 @@ fn content_length(headers: &HeaderMap) -> Result<u64, ConnError> {
     Ok(length.unwrap_or(0))
 }
 
-fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
-    let last = headers
-        .get_all(TRANSFER_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .rfind(|c| !c.is_empty());
-    last.is_some_and(|c| c.eq_ignore_ascii_case("chunked"))
+/// RFC 9112 6.3: a final coding other than chunked leaves the body length
+/// unknown (400). Anything before a final chunked (`gzip, chunked`, or
+/// chunked applied twice) is a coding this server does not implement: 501,
+/// as nginx answers, rather than a body read as if the coding were absent.
+fn check_transfer_codings(headers: &HeaderMap) -> Result<(), ConnError> {
+    let mut codings = Vec::new();
+    for value in headers.get_all(TRANSFER_ENCODING) {
+        let text = value
+            .to_str()
+            .map_err(|_| ConnError::BadFraming("Transfer-Encoding"))?;
+        codings.extend(text.split(',').map(str::trim).filter(|c| !c.is_empty()));
+    }
+    match codings.split_last() {
+        Some((last, _)) if !last.eq_ignore_ascii_case("chunked") => Err(ConnError::BadFraming(
+            "Transfer-Encoding other than chunked",
+        )),
+        None => Err(ConnError::BadFraming("empty Transfer-Encoding")),
+        Some((_, [])) => Ok(()),
+        Some(_) => Err(ConnError::Unimplemented(
+            "a transfer coding other than a single chunked",
+        )),
+    }
+}
+
+/// RFC 9112 3.2: an HTTP/1.1 request without `Host`, any request with more
+/// than one, or one whose value is not a host and port, is 400.
+fn check_host(headers: &HeaderMap, http11: bool) -> Result<(), ConnError> {
+    let mut hosts = headers.get_all(HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) if http11 => Err(ConnError::BadFraming("no Host header")),
+        (None, _) => Ok(()),
+        (Some(_), Some(_)) => Err(ConnError::BadFraming("more than one Host header")),
+        // Empty is allowed: a request target without an authority.
+        (Some(host), None) if host.is_empty() => Ok(()),
+        (Some(host), None) => match Authority::try_from(host.as_bytes()) {
+            Ok(a) if !a.as_str().contains('@') => Ok(()),
+            _ => Err(ConnError::BadFraming("Host")),
+        },
+    }
 }
 
 fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
@@ -204,11 +232,13 @@ mod tests {
     #[test]
     fn keep_alive_rules() {
         let ka = |t: &str| head(t).unwrap().unwrap().keep_alive;
-        assert!(!ka("GET / HTTP/1.1\r\nConnection: Close\r\n\r\n"));
+        assert!(!ka(
+            "GET / HTTP/1.1\r\nHost: x\r\nConnection: Close\r\n\r\n"
+        ));
         assert!(!ka("GET / HTTP/1.0\r\n\r\n"));
         assert!(ka("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"));
         assert!(!ka(
-            "GET / HTTP/1.1\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n"
+            "GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n"
         ));
     }
 
@@ -216,32 +246,78 @@ mod tests {
     fn framing_rules() {
         let f = |t: &str| head(t).map(|h| h.unwrap().framing);
         assert_eq!(
-            f("POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n").unwrap(),
+            f("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 5\r\n\r\n").unwrap(),
             Framing::Length(5)
         );
-        assert!(f("POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n").is_err());
-        assert!(f("POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n").is_err());
-        assert!(f("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n").is_err());
+        assert!(
+            f("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n")
+                .is_err()
+        );
+        assert!(f("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\n").is_err());
+        assert!(f("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n").is_err());
         assert!(f("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n").is_err());
-        let both =
-            head("POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n")
-                .unwrap()
-                .unwrap();
+        let both = head(
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(both.framing, Framing::Chunked);
         assert!(!both.keep_alive);
     }
 
     #[test]
+    fn transfer_codings_before_chunked_are_not_implemented() {
+        let f = |te: &str| head(&format!("POST / HTTP/1.1\r\nHost: x\r\n{te}\r\n"));
+        let unimplemented = |te: &str| matches!(f(te), Err(ConnError::Unimplemented(_)));
+        assert!(unimplemented("Transfer-Encoding: gzip, chunked\r\n"));
+        assert!(unimplemented("Transfer-Encoding: chunked, chunked\r\n"));
+        assert!(unimplemented(
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n"
+        ));
+        assert!(matches!(
+            f("Transfer-Encoding: chunked, gzip\r\n"),
+            Err(ConnError::BadFraming(_))
+        ));
+        assert!(matches!(
+            f("Transfer-Encoding: ,\r\n"),
+            Err(ConnError::BadFraming(_))
+        ));
+        let one = f("Transfer-Encoding: , Chunked\r\n").unwrap().unwrap();
+        assert_eq!(one.framing, Framing::Chunked);
+    }
+
+    #[test]
+    fn host_rules() {
+        let bad_host = |t: &str| matches!(head(t), Err(ConnError::BadFraming(_)));
+        assert!(bad_host("GET / HTTP/1.1\r\n\r\n"));
+        assert!(bad_host("GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n"));
+        assert!(bad_host("GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n"));
+        assert!(bad_host("GET / HTTP/1.1\r\nHost: u@h\r\n\r\n"));
+        assert!(bad_host("GET / HTTP/1.1\r\nHost: a b\r\n\r\n"));
+        for ok in [
+            "GET / HTTP/1.0\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost:\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: [::1]:8773\r\n\r\n",
+            "GET / HTTP/1.1\r\nhost: clc.example.internal:8773\r\n\r\n",
+        ] {
+            assert!(head(ok).unwrap().is_some(), "{ok}");
+        }
+    }
+
+    #[test]
     fn partial_large_and_garbage() {
         assert!(head("GET / HTTP/1.1\r\nHost: x\r\n").unwrap().is_none());
-        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "y".repeat(100));
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nX: {}\r\n\r\n",
+            "y".repeat(100)
+        );
         assert!(matches!(
             parse(big.as_bytes(), 64),
             Err(ConnError::HeadTooLarge(64))
         ));
         let many: String = (0..70).map(|i| format!("X-{i}: 1\r\n")).collect();
         assert!(matches!(
-            head(&format!("GET / HTTP/1.1\r\n{many}\r\n")),
+            head(&format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n")),
             Err(ConnError::TooManyHeaders(_))
         ));
         assert!(matches!(
@@ -285,10 +361,10 @@ mod tests {
 
     #[test]
     fn completeness_scan() {
-        assert!(may_be_complete(b"GET / HTTP/1.1\r\n\r\n", 0));
+        assert!(may_be_complete(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 0));
         assert!(may_be_complete(b"GET / HTTP/1.1\n\n", 0));
         assert!(!may_be_complete(b"GET / HTTP/1.1\r\nHost: x\r\n", 0));
         // The blank line straddles two reads.
-        assert!(may_be_complete(b"GET / HTTP/1.1\r\n\r\n", 16));
+        assert!(may_be_complete(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 16));
     }
 }

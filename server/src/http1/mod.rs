@@ -10,11 +10,18 @@
 //! httparse, then a `Content-Length` or chunked body, capped) before the
 //! handler runs; answers are `Response<Bytes>` with a `Content-Length`.
 //! Pipelined requests are answered in order. No upgrades, no HTTP/2.
+//!
+//! Against clients that make the server wait: every read and write has a
+//! deadline, a client that keeps pipelining without reading is closed after
+//! a bounded number of answers, and [`Admission`] decides who keeps a
+//! descriptor when they run short.
 
+pub mod admission;
 mod body;
 mod head;
 mod response;
 mod transport;
+mod write;
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -25,10 +32,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+pub use admission::{AcceptErrors, Admission, Binder, Refused, Ticket};
 pub use head::MAX_HEADERS;
 pub use transport::Transport;
 
@@ -47,6 +55,15 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// From the end of the head to the end of the body.
     pub body_timeout: Duration,
+    /// Longest a write to the client may make no progress; past it the
+    /// connection is dropped (the client stopped reading).
+    pub write_timeout: Duration,
+    /// Requests answered in a row that were already sent when the answer
+    /// before them was written (pipelined); the next one is answered with
+    /// `Connection: close`. A client that pipelines without reading thus
+    /// makes the server queue a bounded number of answers, not as many as
+    /// the socket buffers take.
+    pub max_pipelined: usize,
 }
 
 /// A request body as read by the layer: all of it, or why not. The handler
@@ -77,12 +94,16 @@ pub enum ConnError {
     BadHead(String),
     #[error("bad request framing: {0}")]
     BadFraming(&'static str),
+    #[error("not implemented: {0}")]
+    Unimplemented(&'static str),
     #[error("request head not complete in time")]
     HeadTimeout,
     #[error("client closed the connection in the middle of a request")]
     ClosedMidRequest,
     #[error("client went away while its request was being answered")]
     ClientGone,
+    #[error("client did not take the answer in time")]
+    WriteTimeout,
     #[error("request handler panicked")]
     HandlerPanicked,
 }
@@ -95,26 +116,53 @@ impl ConnError {
                 Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
             }
             ConnError::BadHead(_) | ConnError::BadFraming(_) => Some(StatusCode::BAD_REQUEST),
+            ConnError::Unimplemented(_) => Some(StatusCode::NOT_IMPLEMENTED),
             ConnError::HeadTimeout => Some(StatusCode::REQUEST_TIMEOUT),
             ConnError::HandlerPanicked => Some(StatusCode::INTERNAL_SERVER_ERROR),
-            ConnError::Io(_) | ConnError::ClosedMidRequest | ConnError::ClientGone => None,
+            ConnError::Io(_)
+            | ConnError::ClosedMidRequest
+            | ConnError::ClientGone
+            | ConnError::WriteTimeout => None,
         }
     }
 }
+
+/// [`Config::write_timeout`] by default: as long as a head may take.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// [`Config::max_pipelined`] by default. Agents never pipeline; clients
+/// that do rarely keep more than a few requests in flight.
+pub const DEFAULT_MAX_PIPELINED: usize = 32;
 
 /// First read buffer of a request; grown by doubling up to the limits.
 const FIRST_READ: usize = 2048;
 /// Grow the read buffer when less than this is free.
 const MIN_READ: usize = 512;
-/// Input drained before closing after an error answer, and for how long.
-const LINGER_BYTES: usize = 256 * 1024;
-const LINGER_TIME: Duration = Duration::from_secs(2);
 
 /// Serves requests on `io` one after another until the client closes, asks
 /// to close, breaks the protocol, or `stop` turns true (then an idle
 /// connection closes at once and a busy one after its answer).
-pub async fn serve_connection<T, S, F>(
-    mut io: T,
+pub fn serve_connection<T, S, F>(
+    io: T,
+    config: Arc<Config>,
+    stop: watch::Receiver<bool>,
+    service: S,
+) -> impl Future<Output = Result<(), ConnError>>
+where
+    T: Transport,
+    S: Fn(Request<RequestBody>) -> F,
+    F: Future<Output = Response<Bytes>>,
+{
+    // Not an `async fn`: a wrapper future would hold its own copy of the
+    // arguments next to the inner one's, in every connection's task.
+    serve_admitted(io, &admission::UNLISTED, config, stop, service)
+}
+
+/// [`serve_connection`] for a connection admitted with `ticket`: it tells
+/// the ticket whose turn it is, so that only a connection waiting on its
+/// client can be evicted.
+pub async fn serve_admitted<T, S, F>(
+    io: T,
+    ticket: &Ticket,
     config: Arc<Config>,
     mut stop: watch::Receiver<bool>,
     service: S,
@@ -124,52 +172,81 @@ where
     S: Fn(Request<RequestBody>) -> F,
     F: Future<Output = Response<Bytes>>,
 {
-    let mut carry = Vec::new();
-    let result = serve_requests(&mut io, &config, &mut stop, &service, &mut carry).await;
-    drop(carry);
+    // Owned, not borrowed: references to the locals would take room in
+    // every connection's task, which is what a parked poll costs.
+    let mut conn = Conn {
+        io,
+        carry: Vec::new(),
+        config,
+        ticket,
+    };
+    let result = serve_requests(&mut conn, &mut stop, &service).await;
+    conn.carry = Vec::new();
     if let Some(status) = result.as_ref().err().and_then(ConnError::status) {
-        Box::pin(refuse(&mut io, status, config.head_timeout)).await;
+        conn.ticket.client_turn();
+        let timeout = conn.config.write_timeout;
+        Box::pin(write::refuse(&mut conn.io, status, timeout)).await;
     }
     result
 }
 
-/// The layer's own answer to a request it cannot hand on, then the close.
-async fn refuse<T: Transport>(io: &mut T, status: StatusCode, write_timeout: Duration) {
-    let refusal = response::error(status);
-    let _ = tokio::time::timeout(write_timeout, io.write_all(&refusal)).await;
-    drop(refusal);
-    linger(io).await;
+/// What serving one connection works with.
+struct Conn<'a, T> {
+    io: T,
+    /// Bytes read past the current request: the start of the next one.
+    carry: Vec<u8>,
+    config: Arc<Config>,
+    ticket: &'a Ticket,
 }
 
 async fn serve_requests<T, S, F>(
-    io: &mut T,
-    config: &Config,
+    conn: &mut Conn<'_, T>,
     stop: &mut watch::Receiver<bool>,
     service: &S,
-    carry: &mut Vec<u8>,
 ) -> Result<(), ConnError>
 where
     T: Transport,
     S: Fn(Request<RequestBody>) -> F,
     F: Future<Output = Response<Bytes>>,
 {
+    // u32, not usize: this lives in every parked poll's task.
+    let mut pipelined_in_a_row: u32 = 0;
+    let mut answered_before = false;
     loop {
-        let Some(incoming) = next_request(io, carry, config, stop).await? else {
+        if !conn.ticket.client_turn() {
+            return Ok(());
+        }
+        let Some(incoming) = next_request(conn, stop).await? else {
             return Ok(());
         };
+        if !conn.ticket.server_turn() {
+            return Ok(());
+        }
         let Incoming {
             request,
             mut framing,
             body_complete,
+            pipelined,
         } = *incoming;
-        let response = respond(io, carry, service(request)).await?;
-        framing.keep_alive &= body_complete && !*stop.borrow();
-        write_response(io, response, framing).await?;
+        // A first request has no answer before it to be pipelined behind.
+        pipelined_in_a_row = if pipelined && answered_before {
+            pipelined_in_a_row.saturating_add(1)
+        } else {
+            0
+        };
+        answered_before = true;
+        let response = respond(&mut conn.io, &mut conn.carry, service(request)).await?;
+        conn.ticket.client_turn();
+        framing.keep_alive &= body_complete
+            && !*stop.borrow()
+            && (pipelined_in_a_row as usize) < conn.config.max_pipelined;
+        let timeout = conn.config.write_timeout;
+        Box::pin(write::answer(&mut conn.io, response, framing, timeout)).await?;
         if !framing.keep_alive {
-            if body_complete {
-                let _ = io.shutdown().await;
+            if body_complete && conn.carry.is_empty() && !pipelined {
+                write::close(&mut conn.io, timeout).await;
             } else {
-                Box::pin(linger(io)).await;
+                Box::pin(write::linger(&mut conn.io, timeout)).await;
             }
             return Ok(());
         }
@@ -183,28 +260,38 @@ struct Incoming {
     /// False when the body was refused: the rest of the input cannot be
     /// framed, so the connection closes after the answer.
     body_complete: bool,
+    /// Its first byte was there before the server was ready for it: sent
+    /// before the previous answer was taken.
+    pipelined: bool,
 }
 
 /// Waits for and reads the next request. `Ok(None)`: close quietly (the
 /// client closed or stayed idle too long, or the server is stopping).
 async fn next_request<T: Transport>(
-    io: &mut T,
-    carry: &mut Vec<u8>,
-    config: &Config,
+    conn: &mut Conn<'_, T>,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<Option<Box<Incoming>>, ConnError> {
-    let deadline = Instant::now() + config.head_timeout;
-    if carry.is_empty() && !wait_for_input(io, carry, stop, deadline).await? {
-        return Ok(None);
-    }
+    let deadline = Instant::now() + conn.config.head_timeout;
+    let pipelined = match conn.carry.is_empty() {
+        false => true,
+        true => match wait_for_input(&mut conn.io, &mut conn.carry, stop, deadline).await? {
+            Input::Closed => return Ok(None),
+            Input::Waited => false,
+            Input::AlreadyThere => true,
+        },
+    };
     // Boxed: reading is brief, and unboxed its state would be part of every
     // connection's task for the connection's whole life.
     // The request is boxed too: a `let` bound to an await's result keeps
     // its storage during that await, which put a whole request (264 bytes)
     // in every waiting connection's task.
+    let (io, carry, config) = (&mut conn.io, &mut conn.carry, &conn.config);
     Ok(Box::pin(read_request(io, carry, config, deadline))
         .await?
-        .map(Box::new))
+        .map(|mut incoming| {
+            incoming.pipelined = pipelined;
+            Box::new(incoming)
+        }))
 }
 
 /// Reads a request whose first bytes have arrived (or are in `carry`).
@@ -235,24 +322,50 @@ async fn read_request<T: Transport>(
         request: head.request.map(|()| body),
         framing,
         body_complete,
+        pipelined: false,
     }))
 }
 
-/// The idle wait: no buffer held. `Ok(false)`: close quietly.
+/// How the wait for a request ended.
+enum Input {
+    /// Close quietly: the client closed, stayed idle too long, or the
+    /// server is stopping.
+    Closed,
+    /// The request came after the server was ready for it.
+    Waited,
+    /// It was already there when the server looked.
+    AlreadyThere,
+}
+
+/// The idle wait: no buffer held.
 async fn wait_for_input<T: Transport>(
     io: &mut T,
     carry: &mut Vec<u8>,
     stop: &mut watch::Receiver<bool>,
     deadline: Instant,
-) -> Result<bool, ConnError> {
+) -> Result<Input, ConnError> {
     if *stop.borrow_and_update() {
-        return Ok(false);
+        return Ok(Input::Closed);
     }
-    tokio::select! {
-        readable = io.wait_readable(carry) => Ok(readable?),
-        _ = stop.changed() => Ok(false),
-        () = tokio::time::sleep_until(deadline) => Ok(false),
-    }
+    let mut waited = false;
+    let readable = io.wait_readable(carry);
+    tokio::pin!(readable);
+    let readable = std::future::poll_fn(|cx| {
+        let poll = readable.as_mut().poll(cx);
+        waited |= poll.is_pending();
+        poll
+    });
+    let open = tokio::select! {
+        biased;
+        readable = readable => readable?,
+        _ = stop.changed() => false,
+        () = tokio::time::sleep_until(deadline) => false,
+    };
+    Ok(match (open, waited) {
+        (false, _) => Input::Closed,
+        (true, true) => Input::Waited,
+        (true, false) => Input::AlreadyThere,
+    })
 }
 
 /// Reads until `buf` starts with a complete head. `Ok(None)`: the client
@@ -306,7 +419,7 @@ async fn read_body<T: Transport>(
     };
     let end = head.len + length;
     if buf.len() < end {
-        send_continue(io, head).await?;
+        send_continue(io, head, config).await?;
         buf.reserve(end - buf.len());
     }
     while buf.len() < end {
@@ -341,7 +454,7 @@ async fn read_chunked<T: Transport>(
         buf.drain(..decoder.pos);
         decoder.pos = 0;
         if !asked {
-            send_continue(io, head).await?;
+            send_continue(io, head, config).await?;
             asked = true;
         }
         match fill(io, buf, deadline).await {
@@ -353,12 +466,13 @@ async fn read_chunked<T: Transport>(
     }
 }
 
-/// `Expect: 100-continue` clients (curl with a body over 1 KiB) wait for
-/// this before they send the body.
-async fn send_continue<T: Transport>(io: &mut T, head: &head::Head) -> std::io::Result<()> {
+async fn send_continue<T: Transport>(
+    io: &mut T,
+    head: &head::Head,
+    config: &Config,
+) -> Result<(), ConnError> {
     if head.expect_continue {
-        io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
-        io.flush().await?;
+        write::interim_continue(io, config.write_timeout).await?;
     }
     Ok(())
 }
@@ -385,41 +499,6 @@ async fn fill<T: Transport>(
         Ok(Ok(n)) => Ok(n),
         Ok(Err(e)) => Err(Fill::Io(e)),
     }
-}
-
-// Unfinished: no write timeout. A client that stops reading keeps its
-// connection and this answer's buffer until it leaves or the server stops
-// (as with hyper); a parked poll is not affected.
-async fn write_response<T: Transport>(
-    io: &mut T,
-    response: Response<Bytes>,
-    framing: Framing,
-) -> std::io::Result<()> {
-    let (head, rest) = response::encode(response, framing);
-    io.write_all(&head).await?;
-    drop(head);
-    if let Some(body) = rest {
-        io.write_all(&body).await?;
-    }
-    io.flush().await
-}
-
-/// Closing a socket with unread input makes the kernel send a reset, which
-/// can destroy the answer before the client reads it: shut our side, then
-/// drain theirs for a moment before closing.
-async fn linger<T: Transport>(io: &mut T) {
-    let _ = io.shutdown().await;
-    let mut sink = vec![0u8; 4096];
-    let mut drained = 0;
-    let _ = tokio::time::timeout(LINGER_TIME, async {
-        while drained < LINGER_BYTES {
-            match io.read(&mut sink).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => drained += n,
-            }
-        }
-    })
-    .await;
 }
 
 pin_project_lite::pin_project! {
