@@ -59,6 +59,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod body;
 pub mod cache;
 pub mod credentials;
 pub mod files;
@@ -70,6 +71,7 @@ pub mod skew;
 pub mod sts;
 pub mod verify;
 
+pub use body::{read_capped, BodyError};
 pub use cache::{CacheConfig, CachingProvider};
 pub use credentials::{Credentials, Secret};
 pub use keys::{KeyEntry, KeyStore, KeysError, TokenKey};
