@@ -78,6 +78,7 @@ pub use keys::{KeyEntry, KeyStore, KeysError, TokenKey};
 pub use principal::Principal;
 pub use providers::{
     AssumeRoleConfig, AssumeRoleProvider, AuthError, CredentialProvider, StaticFileProvider,
+    MAX_STS_ANSWER_BYTES,
 };
 pub use sign::{form_post_request, query_get_request, sign_request, SignError, Signer};
 pub use skew::ClockSkew;
