@@ -643,3 +643,52 @@ fn an_instance_added_through_the_fast_path_reads_back_as_nft_writes_it() {
     });
     assert!(fast.try_sh("nft list chain inet edgenet in_i-c").is_err());
 }
+
+/// docs/dataplane.md: routes of another protocol are never changed or
+/// deleted. An administrator's route on the key of a route of the view
+/// (destination, table, metric) is neither replaced by ours nor deleted
+/// when the view drops it; the conflict is reported and the rest applied.
+#[test]
+fn a_route_held_by_another_protocol_is_never_replaced_or_deleted() {
+    let ns = NetNs::node("conflict");
+    ns.sh("ip route add 10.2.0.0/16 dev eth0 proto static metric 100");
+    ns.run(|| async {
+        let mut dp = LinuxDataplane::new(config()).unwrap();
+        let want = desired();
+        let actual = dp.read().await.unwrap();
+        let report = dp
+            .apply(&diff(&actual, &want), &want, "v1-conflict")
+            .await
+            .unwrap();
+        assert_eq!(report.route_conflicts.len(), 1, "{:?}", report.deferred);
+        let conflict = &report.route_conflicts[0];
+        assert!(
+            conflict.contains("10.2.0.0/16") && conflict.contains("static (4)"),
+            "{conflict}"
+        );
+        assert_eq!(report.deferred.len(), 1, "{:?}", report.deferred);
+        let back = dp.read().await.unwrap();
+        assert!(back.table(Family::Inet).is_some(), "the rest was applied");
+        assert!(back.routes.is_empty(), "{:?}", back.routes);
+
+        // The view drops the route: with the kernel read, nothing to remove.
+        let mut without = want.clone();
+        without.routes.clear();
+        let changes = diff(&back, &without);
+        let lines: Vec<String> = changes.changes.iter().map(Change::line).collect();
+        assert!(!lines.iter().any(|l| l.contains("route")), "{lines:?}");
+        // Even a stale state that takes the route for ours removes nothing
+        // of another protocol: the delete names ours.
+        let report = dp
+            .apply(&diff(&want, &without), &without, "v1-gone")
+            .await
+            .unwrap();
+        assert!(report.deferred.is_empty(), "{:?}", report.deferred);
+    });
+    let routes = ns.sh("ip route show 10.2.0.0/16");
+    assert!(
+        routes.contains("10.2.0.0/16 dev eth0 proto static") && routes.contains("metric 100"),
+        "{routes}"
+    );
+    assert!(!routes.contains("proto 159"), "{routes}");
+}
