@@ -10,9 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use edgenet_auth::{query_get_request, CachingProvider, ClockSkew, Credentials, Signer};
-use edgenet_model::NodeView;
-use serde::Deserialize;
 
+use super::answer::{check_view, server_error};
 use crate::ops::metrics::Metrics;
 use crate::snapshot::{Feedback, FeedbackReceiver, Snapshot, SnapshotSender};
 
@@ -96,7 +95,7 @@ pub enum PollError {
 }
 
 impl PollError {
-    fn code(&self) -> Option<&str> {
+    pub(super) fn code(&self) -> Option<&str> {
         match self {
             PollError::Server { code, .. } => Some(code),
             _ => None,
@@ -104,7 +103,7 @@ impl PollError {
     }
 
     /// The outcome label in `edgenetd_polls_total`.
-    fn outcome(&self) -> &'static str {
+    pub(super) fn outcome(&self) -> &'static str {
         match self {
             PollError::Transport { .. } => "transport_error",
             PollError::Server { code, .. } if is_auth_rejection(code) => "auth_error",
@@ -130,28 +129,6 @@ fn is_auth_rejection(code: &str) -> bool {
 pub enum PollAnswer {
     NotModified,
     View(Snapshot),
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct Envelope {
-    state_id: String,
-    node_id: String,
-    view: NodeView,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
-struct ErrorDocument {
-    error: ErrorBody,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
-struct ErrorBody {
-    code: String,
-    #[serde(default)]
-    message: String,
 }
 
 /// The long-poll client.
@@ -371,8 +348,7 @@ impl Poller {
         if status != 200 {
             return Err(server_error(endpoint, status, &body, retry_after));
         }
-        self.check_view(endpoint, etag.as_deref(), &body)
-            .map(PollAnswer::View)
+        check_view(&self.config.node, endpoint, etag.as_deref(), &body).map(PollAnswer::View)
     }
 
     async fn current_credentials(&self) -> Result<Option<Credentials>, PollError> {
@@ -438,44 +414,6 @@ impl Poller {
             self.skew.observe(&date, started, started + took);
         }
     }
-
-    fn check_view(
-        &self,
-        endpoint: &str,
-        etag: Option<&str>,
-        body: &[u8],
-    ) -> Result<Snapshot, PollError> {
-        let bad = |message: String| PollError::BadAnswer {
-            endpoint: endpoint.to_string(),
-            message,
-        };
-        let envelope: Envelope =
-            serde_json::from_slice(body).map_err(|e| bad(format!("invalid JSON: {e}")))?;
-        if let Some(problem) = state_id_problem(&envelope.state_id) {
-            return Err(bad(format!("StateId {problem}")));
-        }
-        let etag = etag.map(|t| t.trim().trim_start_matches("W/").trim_matches('"'));
-        if etag != Some(envelope.state_id.as_str()) {
-            return Err(bad(format!(
-                "ETag {:?} does not match StateId {}",
-                etag.map(printable),
-                envelope.state_id
-            )));
-        }
-        if envelope.node_id != self.config.node {
-            return Err(bad(format!(
-                "view is for node {:?}, not {:?}",
-                printable(&envelope.node_id),
-                self.config.node
-            )));
-        }
-        verify_state_id(&envelope.state_id, &envelope.view).map_err(bad)?;
-        let snapshot = Snapshot::from_view(&self.config.node, envelope.state_id, &envelope.view);
-        for left_out in &snapshot.left_out {
-            tracing::warn!(state_id = %snapshot.state_id, "left out of the view: {left_out}");
-        }
-        Ok(snapshot)
-    }
 }
 
 /// The credential chain `[credentials]` describes, cached; `None` when the
@@ -517,24 +455,6 @@ pub fn credentials_from_config(
     Ok(Some(Arc::new(
         CachingProvider::new(inner, cache).with_clock_skew(skew),
     )))
-}
-
-/// A v1 id is the hash of the view it names (docs/protocol.md): one that
-/// does not match is refused, whatever else the answer holds. This client
-/// polls version 1, so a v2 id is not an answer to its request.
-fn verify_state_id(state_id: &str, view: &NodeView) -> Result<(), String> {
-    if !state_id.starts_with(edgenet_model::StateId::PREFIX) {
-        return Err(format!(
-            "StateId {state_id} is not a version 1 id, the version polled"
-        ));
-    }
-    let computed = view.state_id();
-    if computed != *state_id {
-        return Err(format!(
-            "StateId {state_id} does not match the view it came with (its id is {computed})"
-        ));
-    }
-    Ok(())
 }
 
 fn build_client(config: &PollerConfig) -> Result<reqwest::Client, PollError> {
@@ -579,29 +499,6 @@ fn transport(endpoint: &str, error: &reqwest::Error) -> PollError {
     }
 }
 
-fn server_error(
-    endpoint: &str,
-    status: u16,
-    body: &[u8],
-    retry_after: Option<Duration>,
-) -> PollError {
-    let document: ErrorDocument = serde_json::from_slice(body).unwrap_or_default();
-    let code = if document.error.code.is_empty() {
-        format!("HTTP{status}")
-    } else {
-        document.error.code
-    };
-    let mut message = document.error.message;
-    message.truncate(truncate_utf8(&message, 300).len());
-    PollError::Server {
-        endpoint: endpoint.to_string(),
-        status,
-        code,
-        message,
-        retry_after,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -615,17 +512,5 @@ mod tests {
         );
         config.wait_seconds = 0;
         assert_eq!(config.poll_timeout(), Duration::from_secs(10));
-    }
-
-    #[test]
-    fn reads_error_documents() {
-        let body =
-            br#"{"Error": {"Code": "ExpiredToken", "Message": "too old"}, "RequestId": "r"}"#;
-        let error = server_error("e", 400, body, None);
-        assert_eq!(error.code(), Some("ExpiredToken"));
-        assert_eq!(error.outcome(), "auth_error");
-        let error = server_error("e", 502, b"<html>", None);
-        assert_eq!(error.code(), Some("HTTP502"));
-        assert_eq!(error.outcome(), "server_error");
     }
 }
