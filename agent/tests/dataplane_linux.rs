@@ -11,6 +11,7 @@ use std::fs::File;
 use std::future::Future;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use edgenet_agent::dataplane::linux::{LinuxConfig, LinuxDataplane};
@@ -691,4 +692,39 @@ fn a_route_held_by_another_protocol_is_never_replaced_or_deleted() {
         "{routes}"
     );
     assert!(!routes.contains("proto 159"), "{routes}");
+}
+
+/// The conflict reaches the operator: the `ApplyError` fed back to the
+/// server names the route and its owner, and the metric counts it.
+#[test]
+fn a_route_conflict_is_fed_back_and_counted() {
+    use edgenet_agent::ops::metrics::Metrics;
+    use edgenet_agent::reconcile::{ReconcileSettings, Reconciler};
+    use edgenet_agent::snapshot::Snapshot;
+
+    let ns = NetNs::node("conflict-report");
+    ns.sh("ip route add 10.2.0.0/16 dev eth0 proto static metric 100");
+    ns.run(|| async {
+        let dataplane = LinuxDataplane::new(config()).unwrap();
+        let metrics = Metrics::new();
+        let mut settings = ReconcileSettings::new("nc-1");
+        settings.once = true;
+        let (reconciler, feedback) =
+            Reconciler::new(settings, Box::new(dataplane), metrics.clone());
+        let view = view();
+        let snapshot = Snapshot::from_view("nc-1", view.state_id().to_string(), &view);
+        let (snapshots, snapshot_rx) = tokio::sync::watch::channel(None);
+        snapshots.send_replace(Some(Arc::new(snapshot)));
+        let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+        reconciler.run(snapshot_rx, stop_rx).await.unwrap();
+        let error = feedback.borrow().apply_error.clone().unwrap_or_default();
+        assert!(
+            error.contains("10.2.0.0/16") && error.contains("static (4)"),
+            "ApplyError: {error:?}"
+        );
+        let text = metrics.render();
+        assert!(text.contains("edgenetd_route_conflicts_total 1"), "{text}");
+    });
+    let routes = ns.sh("ip route show 10.2.0.0/16");
+    assert!(routes.contains("proto static"), "{routes}");
 }
