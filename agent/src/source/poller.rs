@@ -1,5 +1,5 @@
-//! The long-poll client of `DescribeNetworkModel` (PROTOCOL.md "Client
-//! behaviour").
+//! The long-poll client of `DescribeNetworkModel` (docs/protocol.md, "The
+//! client").
 //!
 //! One request in flight at a time. Views are published into the snapshot
 //! channel; nothing a server sends (errors, garbage, silence) ever reaches

@@ -5,7 +5,7 @@
 //! ownership rules cover). Writes are pipelined: up to `PIPELINE` requests
 //! in flight on the one socket, instead of one round trip at a time.
 //!
-//! Routes are ours by construction (docs/dataplane.md: routes of another
+//! Routes are ours by construction (routes of another
 //! protocol are never changed or deleted). A route is created exclusively
 //! (NLM_F_CREATE|NLM_F_EXCL); when the kernel already holds its key
 //! (destination, table, metric), the holder is looked up: ours (a write
