@@ -252,3 +252,38 @@ async fn redirects_are_not_followed() {
     );
     agent.assert_alive("redirects");
 }
+
+/// An id the kernel recorded before ids were checked (or that someone
+/// wrote there) is not sent either: the agent asks for a full view.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_id_read_from_the_kernel_is_not_sent() {
+    use std::sync::Arc;
+
+    use edgenet_agent::ops::metrics::Metrics;
+    use edgenet_agent::snapshot::Feedback;
+    use edgenet_agent::source::poller::{Poller, PollerConfig};
+    use edgenet_auth::ClockSkew;
+    use tokio::sync::watch;
+
+    let (id, body) = answer_for(&sample_model(), NODE);
+    let (server, url) =
+        HostileServer::start("127.0.0.1", move |_| Answer::Now(view_answer(&id, &body))).await;
+    let recorded = format!("v1-{}", "f".repeat(65_576));
+    let mut config = PollerConfig::new(NODE, vec![url]);
+    config.wait_seconds = 1;
+    let poller = Poller::new(config, None, Arc::new(ClockSkew::new()), Metrics::new()).unwrap();
+    let (snapshots, mut received) = watch::channel(None);
+    let (_feedback, feedback) = watch::channel(Feedback {
+        applied_state_id: Some(recorded.clone()),
+        apply_error: None,
+    });
+    let task = tokio::spawn(poller.run(Some(recorded), snapshots, feedback));
+    tokio::time::timeout(Duration::from_secs(10), received.changed())
+        .await
+        .expect("a view within 10 s")
+        .unwrap();
+    task.abort();
+    let first = &server.targets()[0];
+    assert_eq!(query_param(first, "StateId").as_deref(), Some(""));
+    assert_eq!(query_param(first, "AppliedStateId"), None);
+}
