@@ -97,6 +97,9 @@ pub struct Reconciler {
     /// Changes the kernel could not take at the last apply, as their diff
     /// lines: retrying them at a resync is not a drift repair.
     deferred: Vec<String>,
+    /// Routes of the view another protocol holds, as of the last full
+    /// pass: reported through ApplyError.
+    route_conflicts: Vec<String>,
 }
 
 impl Reconciler {
@@ -119,6 +122,7 @@ impl Reconciler {
             backoff,
             retry_at: None,
             deferred: Vec::new(),
+            route_conflicts: Vec::new(),
             dirty: false,
             render_left_out: Vec::new(),
         };
@@ -367,6 +371,9 @@ impl Reconciler {
         }
         let report = self.dataplane.apply(&changes, &desired, state_id).await?;
         log_deferred(&report.deferred);
+        self.metrics
+            .route_conflicts_seen(report.route_conflicts.len());
+        self.route_conflicts.clone_from(&report.route_conflicts);
         // Changes for the id the kernel already records: someone changed
         // what we had applied, and this put it back.
         let retrying_deferred = changes
@@ -413,10 +420,11 @@ impl Reconciler {
     }
 
     /// Everything of the target's view that is not in the kernel: left out
-    /// when the view was sanitized, or by render.
+    /// when the view was sanitized, by render, or held by another protocol.
     fn left_out(&self, target: &Snapshot) -> Vec<String> {
         let mut all = target.left_out.clone();
         all.extend(self.render_left_out.iter().cloned());
+        all.extend(self.route_conflicts.iter().cloned());
         all
     }
 

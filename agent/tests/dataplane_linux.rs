@@ -11,6 +11,7 @@ use std::fs::File;
 use std::future::Future;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use edgenet_agent::dataplane::linux::{LinuxConfig, LinuxDataplane};
@@ -642,4 +643,88 @@ fn an_instance_added_through_the_fast_path_reads_back_as_nft_writes_it() {
         assert!(diff(&dp.read().await.unwrap(), &desired()).is_empty());
     });
     assert!(fast.try_sh("nft list chain inet edgenet in_i-c").is_err());
+}
+
+/// docs/dataplane.md: routes of another protocol are never changed or
+/// deleted. An administrator's route on the key of a route of the view
+/// (destination, table, metric) is neither replaced by ours nor deleted
+/// when the view drops it; the conflict is reported and the rest applied.
+#[test]
+fn a_route_held_by_another_protocol_is_never_replaced_or_deleted() {
+    let ns = NetNs::node("conflict");
+    ns.sh("ip route add 10.2.0.0/16 dev eth0 proto static metric 100");
+    ns.run(|| async {
+        let mut dp = LinuxDataplane::new(config()).unwrap();
+        let want = desired();
+        let actual = dp.read().await.unwrap();
+        let report = dp
+            .apply(&diff(&actual, &want), &want, "v1-conflict")
+            .await
+            .unwrap();
+        assert_eq!(report.route_conflicts.len(), 1, "{:?}", report.deferred);
+        let conflict = &report.route_conflicts[0];
+        assert!(
+            conflict.contains("10.2.0.0/16") && conflict.contains("static (4)"),
+            "{conflict}"
+        );
+        assert_eq!(report.deferred.len(), 1, "{:?}", report.deferred);
+        let back = dp.read().await.unwrap();
+        assert!(back.table(Family::Inet).is_some(), "the rest was applied");
+        assert!(back.routes.is_empty(), "{:?}", back.routes);
+
+        // The view drops the route: with the kernel read, nothing to remove.
+        let mut without = want.clone();
+        without.routes.clear();
+        let changes = diff(&back, &without);
+        let lines: Vec<String> = changes.changes.iter().map(Change::line).collect();
+        assert!(!lines.iter().any(|l| l.contains("route")), "{lines:?}");
+        // Even a stale state that takes the route for ours removes nothing
+        // of another protocol: the delete names ours.
+        let report = dp
+            .apply(&diff(&want, &without), &without, "v1-gone")
+            .await
+            .unwrap();
+        assert!(report.deferred.is_empty(), "{:?}", report.deferred);
+    });
+    let routes = ns.sh("ip route show 10.2.0.0/16");
+    assert!(
+        routes.contains("10.2.0.0/16 dev eth0 proto static") && routes.contains("metric 100"),
+        "{routes}"
+    );
+    assert!(!routes.contains("proto 159"), "{routes}");
+}
+
+/// The conflict reaches the operator: the `ApplyError` fed back to the
+/// server names the route and its owner, and the metric counts it.
+#[test]
+fn a_route_conflict_is_fed_back_and_counted() {
+    use edgenet_agent::ops::metrics::Metrics;
+    use edgenet_agent::reconcile::{ReconcileSettings, Reconciler};
+    use edgenet_agent::snapshot::Snapshot;
+
+    let ns = NetNs::node("conflict-report");
+    ns.sh("ip route add 10.2.0.0/16 dev eth0 proto static metric 100");
+    ns.run(|| async {
+        let dataplane = LinuxDataplane::new(config()).unwrap();
+        let metrics = Metrics::new();
+        let mut settings = ReconcileSettings::new("nc-1");
+        settings.once = true;
+        let (reconciler, feedback) =
+            Reconciler::new(settings, Box::new(dataplane), metrics.clone());
+        let view = view();
+        let snapshot = Snapshot::from_view("nc-1", view.state_id().to_string(), &view);
+        let (snapshots, snapshot_rx) = tokio::sync::watch::channel(None);
+        snapshots.send_replace(Some(Arc::new(snapshot)));
+        let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+        reconciler.run(snapshot_rx, stop_rx).await.unwrap();
+        let error = feedback.borrow().apply_error.clone().unwrap_or_default();
+        assert!(
+            error.contains("10.2.0.0/16") && error.contains("static (4)"),
+            "ApplyError: {error:?}"
+        );
+        let text = metrics.render();
+        assert!(text.contains("edgenetd_route_conflicts_total 1"), "{text}");
+    });
+    let routes = ns.sh("ip route show 10.2.0.0/16");
+    assert!(routes.contains("proto static"), "{routes}");
 }

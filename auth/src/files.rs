@@ -29,16 +29,27 @@ impl FileError {
     }
 }
 
+/// The largest secret file read: a credentials file is a few lines, and a
+/// file that is really a device or a runaway write must not fill memory.
+pub const MAX_SECRET_FILE_BYTES: u64 = 1 << 20;
+
 /// Reads a file that holds secrets. It must be owned by the effective user and
 /// have mode 0600 or stricter; the checks use the opened handle so the file
 /// cannot be swapped between the check and the read.
 pub fn read_private_file(path: &Path) -> Result<Vec<u8>, FileError> {
-    let mut file = File::open(path).map_err(|e| FileError::io(path, &e))?;
+    let file = File::open(path).map_err(|e| FileError::io(path, &e))?;
     let meta = file.metadata().map_err(|e| FileError::io(path, &e))?;
     check_private(path, meta.mode(), meta.uid())?;
     let mut buf = Vec::new();
-    file.read_to_end(&mut buf)
+    file.take(MAX_SECRET_FILE_BYTES + 1)
+        .read_to_end(&mut buf)
         .map_err(|e| FileError::io(path, &e))?;
+    if buf.len() as u64 > MAX_SECRET_FILE_BYTES {
+        return Err(FileError::Io {
+            path: path.to_owned(),
+            reason: format!("larger than {MAX_SECRET_FILE_BYTES} bytes"),
+        });
+    }
     Ok(buf)
 }
 
@@ -94,5 +105,18 @@ mod tests {
         assert!(msg.contains("0644"), "{msg}");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(read_private_file(&path).unwrap(), b"x");
+    }
+
+    #[test]
+    fn an_oversized_secret_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("creds");
+        let size = MAX_SECRET_FILE_BYTES as usize;
+        std::fs::write(&path, vec![b'#'; size + 1]).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let msg = read_private_file(&path).unwrap_err().to_string();
+        assert!(msg.contains("larger than"), "{msg}");
+        std::fs::write(&path, vec![b'#'; size]).unwrap();
+        assert_eq!(read_private_file(&path).unwrap().len(), size);
     }
 }

@@ -70,6 +70,8 @@ pub use skew::ClockSkew;
 
 // The agent's half (feature `client`).
 #[cfg(feature = "client")]
+pub mod body;
+#[cfg(feature = "client")]
 pub mod cache;
 #[cfg(feature = "client")]
 pub mod providers;
@@ -77,10 +79,13 @@ pub mod providers;
 pub mod sign;
 
 #[cfg(feature = "client")]
+pub use body::{read_capped, BodyError};
+#[cfg(feature = "client")]
 pub use cache::{CacheConfig, CachingProvider};
 #[cfg(feature = "client")]
 pub use providers::{
     AssumeRoleConfig, AssumeRoleProvider, AuthError, CredentialProvider, StaticFileProvider,
+    MAX_STS_ANSWER_BYTES,
 };
 #[cfg(feature = "client")]
 pub use sign::{form_post_request, query_get_request, sign_request, SignError, Signer};

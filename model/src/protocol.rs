@@ -15,6 +15,43 @@ pub const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(500);
 /// ...to this ceiling. A server's `Retry-After` is honoured up to it.
 pub const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
+/// A poll answered sooner than this without a change (the id the client
+/// holds, a 304, an unusable answer) is counted as a failure for the
+/// retry backoff: a real server holds such a poll for `WaitSeconds`
+/// (docs/protocol.md), so only a broken or hostile one answers that fast,
+/// and answering at once must not drive the client into a poll storm.
+pub const MIN_QUIET_POLL: Duration = Duration::from_secs(1);
+
+/// The prefixes of the state id versions (docs/protocol.md): `v1-` hashes
+/// the view, `v2-` its manifest.
+pub const STATE_ID_PREFIXES: [&str; 2] = [crate::canonical::StateId::PREFIX, crate::v2::V2_PREFIX];
+/// Lowercase hex digits after the prefix.
+pub const STATE_ID_HEX_DIGITS: usize = crate::v2::ID_HEX_DIGITS;
+/// The length of every valid state id.
+pub const STATE_ID_LEN: usize = 3 + STATE_ID_HEX_DIGITS;
+
+/// Whether `text` is a state id in the exact grammar: `v1-` or `v2-`, then
+/// exactly 32 lowercase hex digits. Checked before an id from anywhere (a
+/// server, the kernel) is stored, written or sent, so nothing longer or
+/// stranger reaches a URI, an nft comment or a netlink attribute.
+pub fn is_valid_state_id(text: &str) -> bool {
+    crate::v2::version_of(text).is_some()
+}
+
+/// Why a text is not a state id, in a form that names it without quoting
+/// all of a hostile one.
+pub fn state_id_problem(text: &str) -> Option<String> {
+    if is_valid_state_id(text) {
+        return None;
+    }
+    Some(format!(
+        "{:?}{} ({} bytes) is not a state id (v1- or v2- and {STATE_ID_HEX_DIGITS} lowercase hex digits)",
+        truncate_utf8(text, 48),
+        if text.len() > 48 { "…" } else { "" },
+        text.len()
+    ))
+}
+
 /// The agent sends at most this many bytes of `ApplyError`, and a server
 /// cuts longer text to it.
 pub const MAX_APPLY_ERROR_BYTES: usize = 1024;
@@ -47,5 +84,32 @@ mod tests {
         assert_eq!(truncate_utf8("abc", 2), "ab");
         assert_eq!(truncate_utf8("aé", 2), "a");
         assert_eq!(truncate_utf8("short", 1024), "short");
+    }
+
+    #[test]
+    fn state_ids_follow_the_exact_grammar() {
+        let hex = "0123456789abcdef0123456789abcdef";
+        assert!(is_valid_state_id(&format!("v1-{hex}")));
+        assert!(is_valid_state_id(&format!("v2-{hex}")));
+        assert_eq!(format!("v1-{hex}").len(), STATE_ID_LEN);
+        let refused = [
+            String::new(),
+            "v1-".into(),
+            format!("v3-{hex}"),
+            format!("V1-{hex}"),
+            format!("v1-{}", hex.to_uppercase()),
+            format!("v1-{}", &hex[1..]),
+            format!("v1-{hex}0"),
+            format!("v1-{}g", &hex[1..]),
+            format!("v1-{}", "f".repeat(65_576)),
+            format!(" v1-{hex}"),
+            format!("v1-{}é", &hex[2..]),
+        ];
+        for id in &refused {
+            assert!(!is_valid_state_id(id), "{id:?} accepted");
+            let problem = state_id_problem(id).unwrap();
+            assert!(problem.len() < 200, "{problem}");
+        }
+        assert_eq!(state_id_problem(&format!("v2-{hex}")), None);
     }
 }

@@ -55,6 +55,9 @@ pub struct ApplyReport<'a> {
     pub applied: usize,
     /// Changes the kernel could not take now, with why; retried later.
     pub deferred: Vec<DeferredChange<'a>>,
+    /// Of `deferred`, the routes whose key another protocol holds in the
+    /// kernel (left as they are), one line each naming route and owner.
+    pub route_conflicts: Vec<String>,
     /// Netlink requests sent.
     pub netlink_ops: usize,
     /// nft transactions run (0 or 1 per apply).

@@ -41,6 +41,9 @@ struct Values {
 pub struct Metrics {
     values: Mutex<Values>,
     drift_repairs: AtomicU64,
+    /// Route writes refused because the kernel holds the route's key for
+    /// another protocol (the route is left as it is).
+    route_conflicts: AtomicU64,
     /// Passes that rendered the whole view, and passes that rendered only
     /// the changed instances (`crate::incremental`).
     full_passes: AtomicU64,
@@ -107,6 +110,15 @@ impl Metrics {
             self.full_passes.load(Ordering::Relaxed),
             self.incremental_passes.load(Ordering::Relaxed),
         )
+    }
+
+    pub fn route_conflicts_seen(&self, count: usize) {
+        self.route_conflicts
+            .fetch_add(count as u64, Ordering::Relaxed);
+    }
+
+    pub fn route_conflicts(&self) -> u64 {
+        self.route_conflicts.load(Ordering::Relaxed)
     }
 
     pub fn drift_repairs(&self) -> u64 {
@@ -182,6 +194,17 @@ impl Metrics {
             "Resyncs that found and repaired drift.",
         );
         let _ = writeln!(out, "edgenetd_drift_repairs_total {}", self.drift_repairs());
+        family(
+            &mut out,
+            "edgenetd_route_conflicts_total",
+            "counter",
+            "Routes of the view not written because the kernel holds them for another protocol.",
+        );
+        let _ = writeln!(
+            out,
+            "edgenetd_route_conflicts_total {}",
+            self.route_conflicts()
+        );
         family(
             &mut out,
             "edgenetd_render_passes_total",

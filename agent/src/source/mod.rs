@@ -3,6 +3,7 @@
 //! into one `watch` channel; the [`supervisor`] runs the one the
 //! configuration names and restarts it on SIGHUP.
 
+mod answer;
 pub mod file;
 pub mod poller;
 pub mod supervisor;

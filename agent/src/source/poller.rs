@@ -1,5 +1,5 @@
-//! The long-poll client of `DescribeNetworkModel` (PROTOCOL.md "Client
-//! behaviour").
+//! The long-poll client of `DescribeNetworkModel` (docs/protocol.md, "The
+//! client").
 //!
 //! One request in flight at a time. Views are published into the snapshot
 //! channel; nothing a server sends (errors, garbage, silence) ever reaches
@@ -10,15 +10,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use edgenet_auth::{query_get_request, CachingProvider, ClockSkew, Credentials, Signer};
-use edgenet_model::NodeView;
-use serde::Deserialize;
 
+use super::answer::{check_view, server_error};
 use crate::ops::metrics::Metrics;
 use crate::snapshot::{Feedback, FeedbackReceiver, Snapshot, SnapshotSender};
 
+use edgenet_auth::body::{error_chain, printable, read_capped, BodyError};
 use edgenet_model::backoff::Backoff;
+use edgenet_model::protocol::{
+    is_valid_state_id, state_id_problem, MIN_QUIET_POLL, RETRY_BACKOFF_MAX, RETRY_BACKOFF_MIN,
+};
 pub use edgenet_model::protocol::{truncate_utf8, API_VERSION, MAX_APPLY_ERROR_BYTES};
-use edgenet_model::protocol::{RETRY_BACKOFF_MAX, RETRY_BACKOFF_MIN};
 /// The largest answer read: far above any real view (10,000 instances is a
 /// few MiB), small enough that a hostile endpoint cannot exhaust memory.
 pub const DEFAULT_MAX_BODY: usize = 64 << 20;
@@ -78,6 +80,12 @@ pub enum PollError {
     TooLarge { endpoint: String, limit: usize },
     #[error("{endpoint}: unusable answer: {message}")]
     BadAnswer { endpoint: String, message: String },
+    #[error("{endpoint}: HTTP {status} redirect to {location} refused: a describe endpoint does not redirect")]
+    Redirected {
+        endpoint: String,
+        status: u16,
+        location: String,
+    },
     #[error("cannot sign the poll: {0}")]
     Signing(String),
     #[error("no credentials: {0}")]
@@ -87,7 +95,7 @@ pub enum PollError {
 }
 
 impl PollError {
-    fn code(&self) -> Option<&str> {
+    pub(super) fn code(&self) -> Option<&str> {
         match self {
             PollError::Server { code, .. } => Some(code),
             _ => None,
@@ -95,13 +103,15 @@ impl PollError {
     }
 
     /// The outcome label in `edgenetd_polls_total`.
-    fn outcome(&self) -> &'static str {
+    pub(super) fn outcome(&self) -> &'static str {
         match self {
             PollError::Transport { .. } => "transport_error",
             PollError::Server { code, .. } if is_auth_rejection(code) => "auth_error",
             PollError::Server { code, .. } if code == NOT_FOUND => "node_not_found",
             PollError::Server { .. } => "server_error",
-            PollError::TooLarge { .. } | PollError::BadAnswer { .. } => "bad_answer",
+            PollError::TooLarge { .. }
+            | PollError::BadAnswer { .. }
+            | PollError::Redirected { .. } => "bad_answer",
             PollError::Signing(_) | PollError::Credentials(_) => "credentials_error",
             PollError::Config(_) => "config_error",
         }
@@ -119,28 +129,6 @@ fn is_auth_rejection(code: &str) -> bool {
 pub enum PollAnswer {
     NotModified,
     View(Snapshot),
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct Envelope {
-    state_id: String,
-    node_id: String,
-    view: NodeView,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
-struct ErrorDocument {
-    error: ErrorBody,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
-struct ErrorBody {
-    code: String,
-    #[serde(default)]
-    message: String,
 }
 
 /// The long-poll client.
@@ -189,13 +177,22 @@ impl Poller {
         snapshots: SnapshotSender,
         mut feedback: FeedbackReceiver,
     ) {
-        let mut state_id = held;
+        let mut state_id = held.filter(|id| {
+            let problem = state_id_problem(id);
+            if let Some(problem) = &problem {
+                tracing::warn!(
+                    "the kernel's state id record is unusable, polling for a full view: {problem}"
+                );
+            }
+            problem.is_none()
+        });
         let mut endpoint = 0usize;
         let mut backoff = Backoff::new(self.config.backoff_min, self.config.backoff_max);
         let mut auth_retried = false;
         while !snapshots.is_closed() {
             let sent_feedback = feedback.borrow_and_update().clone();
             let url = &self.config.endpoints[endpoint % self.config.endpoints.len()];
+            let started = Instant::now();
             let result = tokio::select! {
                 result = self.poll_once(url, state_id.as_deref(), &sent_feedback) => result,
                 // New feedback while parked: re-poll now so the server learns
@@ -205,13 +202,9 @@ impl Poller {
                     continue;
                 }
             };
+            let quick = started.elapsed() < self.quiet_floor();
             match result {
-                Ok(PollAnswer::NotModified) => {
-                    self.metrics.poll("not_modified");
-                    backoff.reset();
-                    auth_retried = false;
-                }
-                Ok(PollAnswer::View(snapshot)) => {
+                Ok(PollAnswer::View(snapshot)) if state_id.as_ref() != Some(&snapshot.state_id) => {
                     self.metrics.poll("view");
                     self.metrics.set_current_state_id(&snapshot.state_id);
                     backoff.reset();
@@ -219,6 +212,22 @@ impl Poller {
                     tracing::info!(endpoint = %url, state_id = %snapshot.state_id, "new view");
                     state_id = Some(snapshot.state_id.clone());
                     snapshots.send_replace(Some(Arc::new(snapshot)));
+                }
+                // A 304, or a 200 with the id already held: nothing changed.
+                Ok(answer) => {
+                    self.metrics.poll(match answer {
+                        PollAnswer::NotModified => "not_modified",
+                        PollAnswer::View(_) => "unchanged",
+                    });
+                    if quick {
+                        let delay = backoff.next_delay();
+                        tracing::warn!(endpoint = %url, retry_in = ?delay, "answered at once without a change, where a poll is held: backing off as after a failure");
+                        endpoint += 1;
+                        tokio::time::sleep(delay).await;
+                    } else {
+                        backoff.reset();
+                        auth_retried = false;
+                    }
                 }
                 Err(error) => {
                     self.metrics.poll(error.outcome());
@@ -234,6 +243,14 @@ impl Poller {
                 }
             }
         }
+    }
+
+    /// A poll answered sooner than this without a change is a failure for
+    /// the backoff (docs/protocol.md): a server holds such a poll for
+    /// `WaitSeconds`, so only a misbehaving one answers it at once. A
+    /// `WaitSeconds` of 0 asks for an answer at once, and gets no floor.
+    fn quiet_floor(&self) -> Duration {
+        MIN_QUIET_POLL.min(Duration::from_secs(self.config.wait_seconds.into()))
     }
 
     /// Logs, refreshes credentials when asked to, and says how long to wait.
@@ -267,8 +284,13 @@ impl Poller {
                 retry_after: Some(after),
                 ..
             } => {
-                tracing::warn!(%error, "endpoint busy; keeping the applied state");
-                (*after).max(backoff.next_delay())
+                // Honoured up to the backoff ceiling: one answer must not
+                // stop the polls for longer than any failure would.
+                let delay = (*after)
+                    .min(self.config.backoff_max)
+                    .max(backoff.next_delay());
+                tracing::warn!(%error, retry_in = ?delay, "endpoint busy; keeping the applied state");
+                delay
             }
             _ => {
                 let delay = backoff.next_delay();
@@ -303,12 +325,30 @@ impl Poller {
         if status == 304 {
             return Ok(PollAnswer::NotModified);
         }
-        let body = read_capped(endpoint, response, self.config.max_body).await?;
+        if (300..400).contains(&status) {
+            let location = header(&response, reqwest::header::LOCATION);
+            return Err(PollError::Redirected {
+                endpoint: endpoint.to_string(),
+                status,
+                location: printable(location.as_deref().unwrap_or("(no Location)")),
+            });
+        }
+        let body = read_capped(response, self.config.max_body)
+            .await
+            .map_err(|e| match e {
+                BodyError::TooLarge { limit } => PollError::TooLarge {
+                    endpoint: endpoint.to_string(),
+                    limit,
+                },
+                BodyError::Transport(message) => PollError::Transport {
+                    endpoint: endpoint.to_string(),
+                    message,
+                },
+            })?;
         if status != 200 {
             return Err(server_error(endpoint, status, &body, retry_after));
         }
-        self.check_view(endpoint, etag.as_deref(), &body)
-            .map(PollAnswer::View)
+        check_view(&self.config.node, endpoint, etag.as_deref(), &body).map(PollAnswer::View)
     }
 
     async fn current_credentials(&self) -> Result<Option<Credentials>, PollError> {
@@ -329,6 +369,9 @@ impl Poller {
         feedback: &Feedback,
         credentials: Option<&Credentials>,
     ) -> Result<reqwest::Request, PollError> {
+        // Only ids in the grammar are sent: anything else would make every
+        // later request fail (a URI too long) and never be repaired.
+        let state_id = state_id.filter(|id| is_valid_state_id(id));
         let wait = self.config.wait_seconds.to_string();
         let mut params = vec![
             ("Action", "DescribeNetworkModel"),
@@ -337,7 +380,8 @@ impl Poller {
             ("StateId", state_id.unwrap_or("")),
             ("WaitSeconds", wait.as_str()),
         ];
-        if let Some(applied) = &feedback.applied_state_id {
+        let applied = feedback.applied_state_id.as_deref();
+        if let Some(applied) = applied.filter(|id| is_valid_state_id(id)) {
             params.push(("AppliedStateId", applied));
         }
         let error = feedback
@@ -369,41 +413,6 @@ impl Poller {
         if let Some(date) = header(response, reqwest::header::DATE) {
             self.skew.observe(&date, started, started + took);
         }
-    }
-
-    fn check_view(
-        &self,
-        endpoint: &str,
-        etag: Option<&str>,
-        body: &[u8],
-    ) -> Result<Snapshot, PollError> {
-        let bad = |message: String| PollError::BadAnswer {
-            endpoint: endpoint.to_string(),
-            message,
-        };
-        let envelope: Envelope =
-            serde_json::from_slice(body).map_err(|e| bad(format!("invalid JSON: {e}")))?;
-        let etag = etag.map(|t| t.trim().trim_start_matches("W/").trim_matches('"'));
-        if etag != Some(envelope.state_id.as_str()) {
-            return Err(bad(format!(
-                "ETag {etag:?} does not match StateId {}",
-                envelope.state_id
-            )));
-        }
-        if envelope.node_id != self.config.node {
-            return Err(bad(format!(
-                "view is for node {:?}, not {:?}",
-                envelope.node_id, self.config.node
-            )));
-        }
-        if !envelope.state_id.starts_with("v1-") {
-            return Err(bad(format!("unknown StateId form {:?}", envelope.state_id)));
-        }
-        let snapshot = Snapshot::from_view(&self.config.node, envelope.state_id, &envelope.view);
-        for left_out in &snapshot.left_out {
-            tracing::warn!(state_id = %snapshot.state_id, "left out of the view: {left_out}");
-        }
-        Ok(snapshot)
     }
 }
 
@@ -451,6 +460,9 @@ pub fn credentials_from_config(
 fn build_client(config: &PollerConfig) -> Result<reqwest::Client, PollError> {
     let mut builder = reqwest::Client::builder()
         .use_rustls_tls()
+        // A describe endpoint has no reason to redirect, and following one
+        // would take views (and send signed requests) to another host.
+        .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(10))
         .pool_idle_timeout(Duration::from_secs(90))
         .user_agent(concat!("edgenetd/", env!("CARGO_PKG_VERSION")));
@@ -477,70 +489,13 @@ fn header(response: &reqwest::Response, name: reqwest::header::HeaderName) -> Op
 }
 
 fn transport(endpoint: &str, error: &reqwest::Error) -> PollError {
-    let mut message = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(inner) = source {
-        message.push_str(": ");
-        message.push_str(&inner.to_string());
-        source = inner.source();
-    }
+    let mut message = error_chain(error);
     if error.is_timeout() {
         message = format!("timed out: {message}");
     }
     PollError::Transport {
         endpoint: endpoint.to_string(),
         message,
-    }
-}
-
-/// Reads the body chunk by chunk, abandoning it (and the connection) as
-/// soon as it passes `limit`: a huge answer is never held in memory.
-async fn read_capped(
-    endpoint: &str,
-    mut response: reqwest::Response,
-    limit: usize,
-) -> Result<Vec<u8>, PollError> {
-    let too_large = || PollError::TooLarge {
-        endpoint: endpoint.to_string(),
-        limit,
-    };
-    if response.content_length().is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| transport(endpoint, &e))?
-    {
-        if body.len() + chunk.len() > limit {
-            return Err(too_large());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
-fn server_error(
-    endpoint: &str,
-    status: u16,
-    body: &[u8],
-    retry_after: Option<Duration>,
-) -> PollError {
-    let document: ErrorDocument = serde_json::from_slice(body).unwrap_or_default();
-    let code = if document.error.code.is_empty() {
-        format!("HTTP{status}")
-    } else {
-        document.error.code
-    };
-    let mut message = document.error.message;
-    message.truncate(truncate_utf8(&message, 300).len());
-    PollError::Server {
-        endpoint: endpoint.to_string(),
-        status,
-        code,
-        message,
-        retry_after,
     }
 }
 
@@ -557,17 +512,5 @@ mod tests {
         );
         config.wait_seconds = 0;
         assert_eq!(config.poll_timeout(), Duration::from_secs(10));
-    }
-
-    #[test]
-    fn reads_error_documents() {
-        let body =
-            br#"{"Error": {"Code": "ExpiredToken", "Message": "too old"}, "RequestId": "r"}"#;
-        let error = server_error("e", 400, body, None);
-        assert_eq!(error.code(), Some("ExpiredToken"));
-        assert_eq!(error.outcome(), "auth_error");
-        let error = server_error("e", 502, b"<html>", None);
-        assert_eq!(error.code(), Some("HTTP502"));
-        assert_eq!(error.outcome(), "server_error");
     }
 }

@@ -8,9 +8,15 @@ use async_trait::async_trait;
 
 use super::xml::parse_sts_answer;
 use super::{AuthError, CredentialProvider};
+use crate::body::{error_chain, read_capped, BodyError};
 use crate::credentials::Credentials;
 use crate::sign::{form_post_request, sign_request};
 use crate::skew::ClockSkew;
+
+/// The largest STS answer read. Real ones are a few KiB (credentials and a
+/// session token); this leaves room for any service's extras while a gzip
+/// bomb or an endless body is cut off at once.
+pub const MAX_STS_ANSWER_BYTES: usize = 1 << 20;
 
 /// Settings of an [`AssumeRoleProvider`] (CLI.md `[credentials]`).
 #[derive(Debug, Clone)]
@@ -116,6 +122,9 @@ impl AssumeRoleProvider {
 fn build_client(config: &AssumeRoleConfig) -> Result<reqwest::Client, AuthError> {
     let mut builder = reqwest::Client::builder()
         .use_rustls_tls()
+        // An STS endpoint has no reason to redirect, and following one would
+        // send the signed request, and take credentials, from another host.
+        .redirect(reqwest::redirect::Policy::none())
         .timeout(config.timeout)
         .connect_timeout(config.timeout.min(Duration::from_secs(10)));
     if let Some(path) = &config.ca_file {
@@ -173,7 +182,16 @@ impl AssumeRoleProvider {
             }
         }
         let status = resp.status();
-        let body = resp.text().await.map_err(transport)?;
+        if status.is_redirection() {
+            return Err(refused_redirect(&resp));
+        }
+        let body = read_capped(resp, MAX_STS_ANSWER_BYTES)
+            .await
+            .map_err(|e| match e {
+                BodyError::TooLarge { .. } => AuthError::BadResponse(e.to_string()),
+                BodyError::Transport(text) => AuthError::Transport(text),
+            })?;
+        let body = String::from_utf8_lossy(&body);
         let answer = parse_sts_answer(&body).map_err(AuthError::BadResponse);
         interpret(status.as_u16(), answer)
     }
@@ -182,15 +200,21 @@ impl AssumeRoleProvider {
 /// The error with its causes ("error sending request" alone says little);
 /// the URL is left out, the caller knows it.
 fn transport(err: reqwest::Error) -> AuthError {
-    let err = err.without_url();
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(&err);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    AuthError::Transport(text)
+    AuthError::Transport(error_chain(&err.without_url()))
+}
+
+/// A 3xx from STS is refused, naming where it pointed.
+fn refused_redirect(resp: &reqwest::Response) -> AuthError {
+    let location = resp
+        .headers()
+        .get(http::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("(no Location)");
+    AuthError::BadResponse(format!(
+        "HTTP {} redirect to {} refused: an STS endpoint does not redirect",
+        resp.status().as_u16(),
+        crate::body::printable(location)
+    ))
 }
 
 /// Credentials on success; the STS error code otherwise.

@@ -9,7 +9,7 @@ mod assume_role;
 mod static_file;
 mod xml;
 
-pub use assume_role::{AssumeRoleConfig, AssumeRoleProvider};
+pub use assume_role::{AssumeRoleConfig, AssumeRoleProvider, MAX_STS_ANSWER_BYTES};
 pub use static_file::StaticFileProvider;
 
 /// Why credentials could not be had.

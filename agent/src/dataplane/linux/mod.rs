@@ -283,7 +283,12 @@ impl Dataplane for LinuxDataplane {
             netlink::apply(&self.handle, &links, &netlink_changes),
             self.write_nft(&nft_changes, desired, state)
         );
-        let (sent, deferred) = netlink_result?;
+        let netlink::NetlinkApplied {
+            sent,
+            deferred,
+            route_conflicts,
+        } = netlink_result?;
+        report.route_conflicts = route_conflicts;
         self.counters
             .netlink_ops
             .fetch_add(sent as u64, Ordering::Relaxed);

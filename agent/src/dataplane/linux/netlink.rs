@@ -4,8 +4,15 @@
 //! addresses of every interface (the diff removes only those the view's
 //! ownership rules cover). Writes are pipelined: up to `PIPELINE` requests
 //! in flight on the one socket, instead of one round trip at a time.
-//! Adds and changes use replace semantics (NLM_F_CREATE|NLM_F_REPLACE), so
-//! a route that exists already, or half-exists after a crash, is fine.
+//!
+//! Routes are ours by construction (routes of another
+//! protocol are never changed or deleted). A route is created exclusively
+//! (NLM_F_CREATE|NLM_F_EXCL); when the kernel already holds its key
+//! (destination, table, metric), the holder is looked up: ours (a write
+//! that half-happened before a crash) is replaced, anyone else's is left as
+//! it is and reported as a conflict. Replace semantics are used only on a
+//! key our own read found holding our route, and deletes name our protocol,
+//! which the kernel matches. Addresses use replace semantics.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -28,6 +35,7 @@ use crate::diff::Change;
 /// Requests in flight at once on the netlink socket.
 const PIPELINE: usize = 128;
 const EPERM: i32 = 1;
+const EEXIST: i32 = 17;
 
 /// Interface index ↔ name, read once per read or apply.
 #[derive(Debug, Default, Clone)]
@@ -226,6 +234,18 @@ fn route_message(key: &RouteKey, spec: &RouteSpec, links: &Links) -> Result<Rout
     Ok(builder.build())
 }
 
+/// A delete by key, metric and protocol only: whatever the device or
+/// gateway now is, the route is ours, and the kernel deletes no route of
+/// another protocol for it.
+fn delete_message(key: &RouteKey, spec: &RouteSpec, links: &Links) -> Result<RouteMessage, String> {
+    let mut spec = RouteSpec::clone(spec);
+    spec.device = None;
+    spec.gateway = None;
+    let mut message = route_message(key, &spec, links)?;
+    message.header.scope = RouteScope::NoWhere;
+    Ok(message)
+}
+
 fn address_message(entry: &AddressEntry, index: u32) -> AddressMessage {
     let mut message = AddressMessage::default();
     message.header.family = if entry.addr.is_ipv4() {
@@ -248,37 +268,158 @@ fn address_message(entry: &AddressEntry, index: u32) -> AddressMessage {
 enum Outcome<'a> {
     Done,
     Deferred(DeferredChange<'a>),
+    /// Deferred because another protocol holds the route's key.
+    Conflict(DeferredChange<'a>),
     Failed(DataplaneError),
 }
 
-async fn send_change<'a>(handle: &Handle, links: &Links, change: &Change<'a>) -> Outcome<'a> {
-    let defer = |reason: String| {
-        Outcome::Deferred(DeferredChange {
-            change: *change,
-            reason,
+fn raw_code(error: &rtnetlink::Error) -> Option<i32> {
+    match error {
+        rtnetlink::Error::NetlinkError(message) => Some(message.raw_code().abs()),
+        _ => None,
+    }
+}
+
+/// Creates (or, where our read found our route on the key, replaces) the
+/// route `change` asks for; never overwrites another protocol's.
+async fn write_route<'a>(
+    handle: &Handle,
+    links: &Links,
+    change: &Change<'a>,
+    (key, spec): (&RouteKey, &RouteSpec),
+    old: Option<&RouteSpec>,
+) -> Outcome<'a> {
+    let message = match route_message(key, spec, links) {
+        Ok(message) => message,
+        Err(reason) => return deferred(change, reason),
+    };
+    if old.is_some_and(|old| old.metric == spec.metric) {
+        let result = handle.route().add(message).replace().execute().await;
+        return finish(change, result);
+    }
+    match handle.route().add(message.clone()).execute().await {
+        Ok(()) => {}
+        Err(error) if raw_code(&error) == Some(EEXIST) => {
+            match route_holder(handle, key, spec).await {
+                Some(holder) if holder == spec.protocol => {
+                    let result = handle.route().add(message).replace().execute().await;
+                    if let Err(error) = result {
+                        return classify(change, error);
+                    }
+                }
+                holder => return conflict(change, key, holder),
+            }
+        }
+        Err(error) => return classify(change, error),
+    }
+    // A new metric is a new kernel key: our route on the old one goes.
+    if let Some(old) = old {
+        if let Ok(message) = delete_message(key, old, links) {
+            let remove = Change::RemoveRoute { key, spec: old };
+            if let Outcome::Failed(error) =
+                finish(&remove, handle.route().del(message).execute().await)
+            {
+                return Outcome::Failed(error);
+            }
+        }
+    }
+    Outcome::Done
+}
+
+/// The protocol of the route the kernel holds on `key` with `spec`'s
+/// metric, if any (looked up only after a refused create: rare).
+async fn route_holder(handle: &Handle, key: &RouteKey, spec: &RouteSpec) -> Option<u8> {
+    let request = match key.destination {
+        IpNet::V4(_) => RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
+        IpNet::V6(_) => RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+    };
+    let messages: Vec<RouteMessage> = handle
+        .route()
+        .get(request)
+        .execute()
+        .try_collect()
+        .await
+        .ok()?;
+    let same_key = |message: &&RouteMessage| {
+        let parsed = parse_route_message(message, &Links::default(), 0);
+        parsed.is_some_and(|(found, _)| found == *key)
+    };
+    let candidates: Vec<&RouteMessage> = messages.iter().filter(same_key).collect();
+    let metric_of = |message: &RouteMessage| {
+        message.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Priority(priority) => Some(*priority),
+            _ => None,
         })
     };
+    let holder = candidates
+        .iter()
+        .find(|m| spec.metric.is_none() || metric_of(m) == spec.metric)
+        .or(candidates.first())?;
+    Some(u8::from(holder.header.protocol))
+}
+
+/// A protocol's name and number, as `ip route` names them.
+fn protocol_name(protocol: u8) -> String {
+    let name = match protocol {
+        0 => "unspec",
+        1 => "redirect",
+        2 => "kernel",
+        3 => "boot",
+        4 => "static",
+        16 => "dhcp",
+        186 => "bgp",
+        187 => "isis",
+        188 => "ospf",
+        189 => "rip",
+        _ => return protocol.to_string(),
+    };
+    format!("{name} ({protocol})")
+}
+
+fn conflict<'a>(change: &Change<'a>, key: &RouteKey, holder: Option<u8>) -> Outcome<'a> {
+    let owner = holder.map_or_else(|| "unknown".to_string(), protocol_name);
+    tracing::warn!(
+        route = %key.destination,
+        table = key.table,
+        owner = %owner,
+        "route conflict: the kernel holds this route for another protocol; it is left as it is"
+    );
+    Outcome::Conflict(DeferredChange {
+        change: *change,
+        reason: format!(
+            "route {} (table {}) is held by protocol {owner}, not ours: left as it is",
+            key.destination, key.table
+        ),
+    })
+}
+
+fn deferred<'a>(change: &Change<'a>, reason: String) -> Outcome<'a> {
+    Outcome::Deferred(DeferredChange {
+        change: *change,
+        reason,
+    })
+}
+
+fn finish<'a>(change: &Change<'a>, result: Result<(), rtnetlink::Error>) -> Outcome<'a> {
+    match result {
+        Ok(()) => Outcome::Done,
+        Err(error) => classify(change, error),
+    }
+}
+
+async fn send_change<'a>(handle: &Handle, links: &Links, change: &Change<'a>) -> Outcome<'a> {
+    let defer = |reason: String| deferred(change, reason);
     let result = match change {
-        Change::AddRoute { key, spec } | Change::ChangeRoute { key, new: spec, .. } => {
-            match route_message(key, spec, links) {
-                Ok(message) => handle.route().add(message).replace().execute().await,
-                Err(reason) => return defer(reason),
-            }
+        Change::AddRoute { key, spec } => {
+            return write_route(handle, links, change, (key, spec), None).await
         }
-        Change::RemoveRoute { key, spec } => {
-            // Delete by key and protocol only: whatever the device or
-            // gateway now is, the route is ours.
-            let mut spec = RouteSpec::clone(spec);
-            spec.device = None;
-            spec.gateway = None;
-            match route_message(key, &spec, links) {
-                Ok(mut message) => {
-                    message.header.scope = RouteScope::NoWhere;
-                    handle.route().del(message).execute().await
-                }
-                Err(reason) => return defer(reason),
-            }
+        Change::ChangeRoute { key, old, new } => {
+            return write_route(handle, links, change, (key, new), Some(old)).await
         }
+        Change::RemoveRoute { key, spec } => match delete_message(key, spec, links) {
+            Ok(message) => handle.route().del(message).execute().await,
+            Err(reason) => return defer(reason),
+        },
         Change::AddAddress(entry) => match links.index(&entry.device) {
             Some(index) => {
                 handle
@@ -303,10 +444,7 @@ async fn send_change<'a>(handle: &Handle, links: &Links, change: &Change<'a>) ->
         },
         _ => return Outcome::Done,
     };
-    match result {
-        Ok(()) => Outcome::Done,
-        Err(error) => classify(change, error),
-    }
+    finish(change, result)
 }
 
 fn classify<'a>(change: &Change<'a>, error: rtnetlink::Error) -> Outcome<'a> {
@@ -337,29 +475,38 @@ fn classify<'a>(change: &Change<'a>, error: rtnetlink::Error) -> Outcome<'a> {
     })
 }
 
+/// What [`apply`] did.
+#[derive(Debug, Default)]
+pub struct NetlinkApplied<'a> {
+    /// Requests sent.
+    pub sent: usize,
+    /// Changes not made, conflicts included, each with why.
+    pub deferred: Vec<DeferredChange<'a>>,
+    /// Of `deferred`, the routes another protocol holds, one line each.
+    pub route_conflicts: Vec<String>,
+}
+
 /// Make the route and address changes: addresses first (a route's gateway
 /// may need the bridge's address to be reachable), removals before adds.
-/// Returns (requests sent, deferred changes).
 pub async fn apply<'a>(
     handle: &Handle,
     links: &Links,
     changes: &[&Change<'a>],
-) -> Result<(usize, Vec<DeferredChange<'a>>), DataplaneError> {
+) -> Result<NetlinkApplied<'a>, DataplaneError> {
     let phase = |change: &Change| match change {
         Change::RemoveAddress(_) => 0,
         Change::AddAddress(_) => 1,
         Change::RemoveRoute { .. } => 2,
         _ => 3,
     };
-    let mut sent = 0;
-    let mut deferred = Vec::new();
+    let mut applied = NetlinkApplied::default();
     for current in 0..4 {
         let batch: Vec<&Change<'a>> = changes
             .iter()
             .copied()
             .filter(|c| phase(c) == current)
             .collect();
-        sent += batch.len();
+        applied.sent += batch.len();
         // Boxed so the future stays `Send` with one concrete lifetime (a
         // closure returning the future trips the borrow checker's
         // higher-ranked inference inside `async_trait`).
@@ -374,10 +521,14 @@ pub async fn apply<'a>(
         for outcome in outcomes {
             match outcome {
                 Outcome::Done => {}
-                Outcome::Deferred(change) => deferred.push(change),
+                Outcome::Deferred(change) => applied.deferred.push(change),
+                Outcome::Conflict(change) => {
+                    applied.route_conflicts.push(change.reason.clone());
+                    applied.deferred.push(change);
+                }
                 Outcome::Failed(error) => return Err(error),
             }
         }
     }
-    Ok((sent, deferred))
+    Ok(applied)
 }
