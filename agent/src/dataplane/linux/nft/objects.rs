@@ -269,3 +269,138 @@ pub(super) fn delete_set_command(id: &TableId, name: &str, was_map: bool) -> Nft
     json!({"delete": {kind: {"family": id.family.as_str(), "table": id.name, "name": name}}})
         .to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::fmt::Write as _;
+    use std::net::IpAddr;
+
+    use super::*;
+    use crate::render::{render, RenderSettings};
+
+    /// Every rule of the example cloud's views, and one of each statement
+    /// shape, as text and as the nft JSON command that adds it. Written by
+    /// the code before the rule forms were derived from one description:
+    /// the text is what rule hashes are made of, so a byte changed here
+    /// would rewrite every chain of every node on upgrade.
+    const GOLDEN: &str = include_str!("../../testdata/rule-forms.golden");
+
+    fn rule_forms() -> String {
+        let example = include_str!("../../../../../examples/cloud.json");
+        let model = edgenet_model::parse_model(example.as_bytes()).unwrap();
+        let mut out = String::new();
+        for node in &model.nodes {
+            let view = edgenet_model::view_for(&model, &node.id).unwrap();
+            let rendered = render(&view, &RenderSettings::default());
+            for (id, table) in &rendered.desired.tables {
+                for (chain, rules) in &table.chains {
+                    write_rules(
+                        &mut out,
+                        &format!("{} {id} {chain}", node.id),
+                        id,
+                        chain,
+                        &rules.rules,
+                    );
+                }
+            }
+        }
+        let inet = TableId::ours(Family::Inet);
+        let shapes: Vec<NftRule> = every_statement_shape()
+            .into_iter()
+            .enumerate()
+            .map(|(at, statements)| NftRule::new("shapes", at, statements))
+            .collect();
+        write_rules(&mut out, "shapes", &inet, "shapes", &shapes);
+        out
+    }
+
+    fn write_rules(out: &mut String, label: &str, id: &TableId, chain: &str, rules: &[NftRule]) {
+        for (at, rule) in rules.iter().enumerate() {
+            let _ = writeln!(out, "{label} #{at}");
+            let _ = writeln!(out, "  text: {}", rule.text());
+            let _ = writeln!(out, "  json: {}", rule_object(id, chain, rule));
+        }
+    }
+
+    /// Each statement kind with each operator and value kind, including
+    /// shapes the example does not render (IPv6 NAT with a port, `!=`).
+    fn every_statement_shape() -> Vec<Vec<Stmt>> {
+        let v6: IpAddr = "2001:db8::5".parse().unwrap();
+        let v4: IpAddr = "192.0.2.9".parse().unwrap();
+        let ip_saddr = Field::Payload("ip", "saddr");
+        let values = [
+            Value::Addr(v4),
+            Value::Addr(v6),
+            Value::Prefix("10.0.0.0/8".parse().unwrap()),
+            Value::Prefix("2001:db8::/32".parse().unwrap()),
+            Value::Number(6),
+            Value::Range(1024, 65535),
+            Value::Text("vn0".into()),
+            Value::Keyword("ipv4"),
+            Value::Mac("d0:0d:0a:1b:2c:3d".into()),
+            Value::SetRef("grp_sg-web".into()),
+            Value::Keywords(vec!["established", "related"]),
+        ];
+        let mut shapes: Vec<Vec<Stmt>> = Vec::new();
+        for value in values {
+            shapes.push(vec![Stmt::matches(ip_saddr, value.clone()), Stmt::Accept]);
+            shapes.push(vec![Stmt::differs(Field::Ct("state"), value), Stmt::Drop]);
+        }
+        let fields = vec![Field::Meta("iifname"), Field::Payload("ether", "saddr")];
+        for equal in [true, false] {
+            shapes.push(vec![Stmt::ConcatMatch {
+                fields: fields.clone(),
+                equal,
+                set: "port_macs".into(),
+            }]);
+        }
+        shapes.push(vec![Stmt::Return]);
+        shapes.push(vec![Stmt::Jump("sg_a".into())]);
+        shapes.push(vec![Stmt::VerdictMap {
+            field: Field::Payload("ip6", "daddr"),
+            map: "instances6".into(),
+        }]);
+        for kind in [NatKind::Dnat, NatKind::Snat] {
+            for (family, addr) in [(IpFamily::V4, v4), (IpFamily::V6, v6)] {
+                let field = Field::Payload(family.protocol(), "daddr");
+                let map = "dnat".to_string();
+                shapes.push(vec![Stmt::NatMap {
+                    kind,
+                    family,
+                    field,
+                    map,
+                }]);
+                for port in [None, Some(8773)] {
+                    shapes.push(vec![Stmt::Nat {
+                        kind,
+                        family,
+                        addr,
+                        port,
+                    }]);
+                }
+            }
+        }
+        shapes.push(vec![Stmt::matches(
+            Field::Meta("l4proto"),
+            Value::Number(17),
+        )]);
+        shapes.push(vec![Stmt::matches(
+            Field::Meta("nfproto"),
+            Value::Keyword("ipv6"),
+        )]);
+        shapes
+    }
+
+    #[test]
+    fn every_rule_keeps_its_text_and_json() {
+        let actual = rule_forms();
+        if actual != GOLDEN {
+            let path = std::env::temp_dir().join("edgenet-rule-forms.actual");
+            std::fs::write(&path, &actual).unwrap();
+            panic!(
+                "rule text or JSON changed; compare {} with agent/src/dataplane/testdata/rule-forms.golden",
+                path.display()
+            );
+        }
+    }
+}
