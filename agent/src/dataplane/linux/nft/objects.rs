@@ -1,8 +1,10 @@
 //! nft JSON for tables, chains, rules and sets, through the `nftables`
-//! crate's schema types where they fit.
+//! crate's schema types where they fit. A rule's statements are written
+//! from their one description (`desired::RuleWriter`).
 
 use std::borrow::Cow;
 use std::collections::HashSet;
+use std::convert::Infallible;
 
 use nftables::expr::{self, Expression, NamedExpression};
 use nftables::schema::{self, NfCmd, NfListObject, NfObject};
@@ -73,16 +75,105 @@ pub(super) fn rule_object(id: &TableId, chain: &str, rule: &NftRule) -> NftComma
 }
 
 fn rule_with_comment(id: &TableId, chain: &str, rule: &NftRule, comment: String) -> NftCommand {
-    let statements: Vec<Statement<'static>> = rule.statements.iter().map(statement).collect();
+    let mut json = JsonRuleWriter::default();
+    let Ok(()) = write_rule(&rule.statements, &mut json);
     cmd(NfCmd::Add(NfListObject::Rule(schema::Rule {
         family: nf_family(id.family),
         table: Cow::Owned(id.name.clone()),
         chain: Cow::Owned(chain.to_string()),
-        expr: Cow::Owned(statements),
+        expr: Cow::Owned(json.statements),
         handle: None,
         index: None,
         comment: Some(Cow::Owned(comment)),
     })))
+}
+
+/// A rule's statements in nft JSON, as its description is written.
+#[derive(Default)]
+struct JsonRuleWriter {
+    statements: Vec<Statement<'static>>,
+}
+
+impl<'s> RuleWriter<'s> for JsonRuleWriter {
+    type Error = Infallible;
+
+    fn compare(&mut self, left: Left<'s>, equal: bool, right: Right<'s>) -> Result<(), Infallible> {
+        let op = match (equal, right) {
+            // A list of flags matches when any is set.
+            (true, Right::Value(Value::Keywords(_))) => stmt::Operator::IN,
+            (true, _) => stmt::Operator::EQ,
+            (false, _) => stmt::Operator::NEQ,
+        };
+        let left = match left {
+            Left::Field(field) => field_expr(field),
+            Left::Concat(fields) => Expression::Named(NamedExpression::Concat(
+                fields.iter().map(field_expr).collect(),
+            )),
+        };
+        let right = match right {
+            Right::Value(value) => value_expr(value),
+            Right::Set(set) => set_ref(set),
+        };
+        self.statements
+            .push(Statement::Match(stmt::Match { left, right, op }));
+        Ok(())
+    }
+
+    fn verdict(&mut self, verdict: Verdict<'s>) -> Result<(), Infallible> {
+        self.statements.push(match verdict {
+            Verdict::Accept => Statement::Accept(None),
+            Verdict::Drop => Statement::Drop(None),
+            Verdict::Return => Statement::Return(None),
+            Verdict::Jump(target) => Statement::Jump(stmt::JumpTarget {
+                target: Cow::Owned(target.to_string()),
+            }),
+        });
+        Ok(())
+    }
+
+    fn verdict_map(&mut self, key: &'s Field, map: &'s str) -> Result<(), Infallible> {
+        self.statements
+            .push(Statement::VerdictMap(stmt::VerdictMap {
+                key: field_expr(key),
+                data: set_ref(map),
+            }));
+        Ok(())
+    }
+
+    fn nat(&mut self, kind: NatKind, family: IpFamily, to: NatTo<'s>) -> Result<(), Infallible> {
+        let (addr, port) = match to {
+            NatTo::Map { key, map } => {
+                let map = expr::Map {
+                    key: field_expr(key),
+                    data: set_ref(map),
+                };
+                (Expression::Named(NamedExpression::Map(Box::new(map))), None)
+            }
+            NatTo::Addr { addr, port } => (
+                Expression::String(Cow::Owned(addr.to_string())),
+                port.map(|p| Expression::Number(p.into())),
+            ),
+        };
+        let nat = stmt::NAT {
+            addr: Some(addr),
+            family: Some(match family {
+                IpFamily::V4 => stmt::NATFamily::IP,
+                IpFamily::V6 => stmt::NATFamily::IP6,
+            }),
+            port,
+            flags: None,
+        };
+        self.statements.push(match kind {
+            NatKind::Dnat => Statement::DNAT(Some(nat)),
+            NatKind::Snat => Statement::SNAT(Some(nat)),
+        });
+        Ok(())
+    }
+}
+
+/// `@name`: a set or map of this table.
+fn set_ref(name: &str) -> Expression<'static> {
+    Expression::String(Cow::Owned(format!("@{name}")))
 }
 
 fn field_expr(field: &Field) -> Expression<'static> {
@@ -122,98 +213,13 @@ fn value_expr(value: &Value) -> Expression<'static> {
         })),
         Value::Text(s) | Value::Mac(s) => text(s.clone()),
         Value::Keyword(word) => Expression::String(Cow::Borrowed(word)),
-        Value::SetRef(name) => text(format!("@{name}")),
+        Value::SetRef(name) => set_ref(name),
         Value::Keywords(words) => Expression::List(
             words
                 .iter()
                 .map(|w| Expression::String(Cow::Borrowed(w)))
                 .collect(),
         ),
-    }
-}
-
-fn statement(stmt: &Stmt) -> Statement<'static> {
-    match stmt {
-        Stmt::Match {
-            field,
-            equal,
-            value,
-        } => Statement::Match(stmt::Match {
-            left: field_expr(field),
-            right: value_expr(value),
-            op: match (equal, value) {
-                (true, Value::Keywords(_)) => stmt::Operator::IN,
-                (true, _) => stmt::Operator::EQ,
-                (false, _) => stmt::Operator::NEQ,
-            },
-        }),
-        Stmt::ConcatMatch { fields, equal, set } => Statement::Match(stmt::Match {
-            left: Expression::Named(NamedExpression::Concat(
-                fields.iter().map(field_expr).collect(),
-            )),
-            right: Expression::String(Cow::Owned(format!("@{set}"))),
-            op: if *equal {
-                stmt::Operator::EQ
-            } else {
-                stmt::Operator::NEQ
-            },
-        }),
-        Stmt::Accept => Statement::Accept(None),
-        Stmt::Drop => Statement::Drop(None),
-        Stmt::Return => Statement::Return(None),
-        Stmt::Jump(target) => Statement::Jump(stmt::JumpTarget {
-            target: Cow::Owned(target.clone()),
-        }),
-        Stmt::VerdictMap { field, map } => Statement::VerdictMap(stmt::VerdictMap {
-            key: field_expr(field),
-            data: Expression::String(Cow::Owned(format!("@{map}"))),
-        }),
-        Stmt::NatMap {
-            kind,
-            family,
-            field,
-            map,
-        } => nat_statement(
-            *kind,
-            *family,
-            Expression::Named(NamedExpression::Map(Box::new(expr::Map {
-                key: field_expr(field),
-                data: Expression::String(Cow::Owned(format!("@{map}"))),
-            }))),
-            None,
-        ),
-        Stmt::Nat {
-            kind,
-            family,
-            addr,
-            port,
-        } => nat_statement(
-            *kind,
-            *family,
-            Expression::String(Cow::Owned(addr.to_string())),
-            port.map(|p| Expression::Number(p.into())),
-        ),
-    }
-}
-
-fn nat_statement(
-    kind: NatKind,
-    family: IpFamily,
-    addr: Expression<'static>,
-    port: Option<Expression<'static>>,
-) -> Statement<'static> {
-    let nat = stmt::NAT {
-        addr: Some(addr),
-        family: Some(match family {
-            IpFamily::V4 => stmt::NATFamily::IP,
-            IpFamily::V6 => stmt::NATFamily::IP6,
-        }),
-        port,
-        flags: None,
-    };
-    match kind {
-        NatKind::Dnat => Statement::DNAT(Some(nat)),
-        NatKind::Snat => Statement::SNAT(Some(nat)),
     }
 }
 
