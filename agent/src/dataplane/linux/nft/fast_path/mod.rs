@@ -31,7 +31,8 @@
 //!   agent would have to link and ship on every node.
 //!
 //! - `abi`: the nf_tables numbers no crate exports for every target;
-//! - `encode`: keys, values and verdicts in the kernel's layout;
+//! - `encode`: keys, values and rules in the kernel's layout (rules as
+//!   their one description is written, `desired::RuleWriter`);
 //! - `message`: messages and attributes, lengths checked;
 //! - `batch`: the batch being built;
 //! - `socket`: sending it and reading the acknowledgements.
