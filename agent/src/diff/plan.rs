@@ -121,7 +121,7 @@ pub(super) fn rule_changes(change: &Change) -> RuleChanges {
 
 /// Rules compared by text when both sides have it, so a rule that only
 /// moved is not listed; a chain read back from the kernel holds hashes
-/// only (`desired.rs`), and is compared by hash.
+/// only (`desired`), and is compared by hash.
 fn changed_rules(old: &NftChain, new: &NftChain) -> RuleChanges {
     let by_text = old.rules.iter().all(|rule| !rule.statements.is_empty());
     let key = |rule: &NftRule| {

@@ -5,7 +5,7 @@
 use netlink_packet_core::{NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST};
 
 use super::abi::*;
-use super::encode::{ElementValue, Verdict};
+use super::encode::{counter, rule_expressions, ElementValue};
 use super::message::{comment_udata, Attr, NfgenMessage};
 use super::NfnlError;
 use crate::desired::{Family, NftChain, TableId, STATE_CHAIN, STATE_COMMENT_PREFIX};
@@ -123,7 +123,8 @@ impl BatchBuilder {
         self.message(NFT_MSG_DELRULE, 0, table, purpose, attributes)
     }
 
-    /// The chain's rules, each one verdict (as `supported` checked).
+    /// The chain's rules, each as its description is written (the fast
+    /// path's rules only, as `supported` checked).
     pub fn rules(
         &mut self,
         table: &TableId,
@@ -131,55 +132,23 @@ impl BatchBuilder {
         chain: &NftChain,
     ) -> Result<(), NfnlError> {
         for rule in &chain.rules {
-            let verdict = Verdict::of_rule(rule).expect("checked by supported()");
-            self.verdict_rule(table, chain_name, verdict, &rule.comment())?;
+            let expressions = rule_expressions(rule)?;
+            self.rule(table, chain_name, &rule.comment(), expressions)?;
         }
         Ok(())
     }
 
-    /// A rule of one immediate verdict, with its comment where `nft` keeps
-    /// it (rule user data), so it lists as `jump sg_a comment "…"`.
-    pub fn verdict_rule(
-        &mut self,
-        table: &TableId,
-        chain: &str,
-        verdict: Verdict,
-        comment: &str,
-    ) -> Result<(), NfnlError> {
-        let immediate = vec![
-            Attr::be32(NFTA_IMMEDIATE_DREG, NFT_REG_VERDICT),
-            Attr::verdict(NFTA_IMMEDIATE_DATA, verdict.code, verdict.chain)?,
-        ];
-        let expression = vec![
-            Attr::string(NFTA_EXPR_NAME, "immediate")?,
-            Attr::nested(NFTA_EXPR_DATA, immediate)?,
-        ];
-        self.one_expression_rule(table, chain, comment, expression)
-    }
-
-    /// A rule of one `counter` (no verdict, so no jump-graph validation at
-    /// commit; see `nft::transaction::state_commands`).
-    fn counter_rule(
+    /// A rule appended to `chain` holding `expressions` (`NFTA_LIST_ELEM`s),
+    /// with its comment where `nft` keeps it (rule user data), so it lists
+    /// as `jump sg_a comment "…"`.
+    pub fn rule(
         &mut self,
         table: &TableId,
         chain: &str,
         comment: &str,
-    ) -> Result<(), NfnlError> {
-        let expression = vec![Attr::string(NFTA_EXPR_NAME, "counter")?];
-        self.one_expression_rule(table, chain, comment, expression)
-    }
-
-    /// A rule appended to `chain` holding the one expression made of
-    /// `expression`, and `comment`.
-    fn one_expression_rule(
-        &mut self,
-        table: &TableId,
-        chain: &str,
-        comment: &str,
-        expression: Vec<Attr>,
+        expressions: Vec<Attr>,
     ) -> Result<(), NfnlError> {
         let purpose = format!("add a rule to chain {table} {chain}");
-        let expressions = vec![Attr::nested(NFTA_LIST_ELEM, expression)?];
         let attributes = vec![
             Attr::string(NFTA_RULE_TABLE, &table.name)?,
             Attr::string(NFTA_RULE_CHAIN, chain)?,
@@ -238,6 +207,8 @@ impl BatchBuilder {
         self.new_chain(&table, STATE_CHAIN)?;
         self.flush_chain(&table, STATE_CHAIN)?;
         let comment = format!("{STATE_COMMENT_PREFIX}{state_id}");
-        self.counter_rule(&table, STATE_CHAIN, &comment)
+        // One `counter`: no verdict, so no jump-graph validation at commit
+        // (see `nft::transaction::state_commands`).
+        self.rule(&table, STATE_CHAIN, &comment, vec![counter()?])
     }
 }

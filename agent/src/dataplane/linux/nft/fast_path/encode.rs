@@ -1,11 +1,16 @@
-//! Element keys, map values and rule verdicts in the kernel's layout, from
-//! the canonical text the desired state keeps; `None` for anything the
-//! fast path does not write (then `nft` does).
+//! Element keys, map values and rules in the kernel's layout: keys and
+//! values from the canonical text the desired state keeps, rules from
+//! their one description (`desired::RuleWriter`). `None` (or
+//! `NfnlError::Unsupported`) for anything the fast path does not write
+//! (then `nft` does).
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use super::abi::{IFNAMSIZ, NFT_JUMP, NFT_RETURN, NF_ACCEPT, NF_DROP};
-use crate::desired::{NftRule, NftSet, SetValue, Stmt, DROP_VALUE};
+use super::abi::*;
+use super::message::Attr;
+use super::NfnlError;
+use crate::desired::{self, write_rule, Field, IpFamily, Left, NatKind, NatTo, Right, RuleWriter};
+use crate::desired::{NftRule, NftSet, SetValue, DROP_VALUE};
 
 /// A verdict: its code and, for a jump, the chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,17 +30,94 @@ impl<'a> Verdict<'a> {
             chain: Some(chain),
         }
     }
+}
 
-    /// The rule's one verdict statement, if that is all it is.
-    pub fn of_rule(rule: &'a NftRule) -> Option<Self> {
-        match rule.statements.as_slice() {
-            [Stmt::Jump(target)] => Some(Verdict::jump(target)),
-            [Stmt::Drop] => Some(Verdict::plain(NF_DROP)),
-            [Stmt::Accept] => Some(Verdict::plain(NF_ACCEPT)),
-            [Stmt::Return] => Some(Verdict::plain(NFT_RETURN)),
-            _ => None,
+impl<'a> From<desired::Verdict<'a>> for Verdict<'a> {
+    fn from(verdict: desired::Verdict<'a>) -> Self {
+        match verdict {
+            desired::Verdict::Accept => Verdict::plain(NF_ACCEPT),
+            desired::Verdict::Drop => Verdict::plain(NF_DROP),
+            desired::Verdict::Return => Verdict::plain(NFT_RETURN),
+            desired::Verdict::Jump(chain) => Verdict::jump(chain),
         }
     }
+}
+
+/// A rule's expressions (`NFTA_LIST_ELEM`s of `NFTA_RULE_EXPRESSIONS`), as
+/// its description is written; `NfnlError::Unsupported` for a rule the fast
+/// path does not write.
+pub fn rule_expressions(rule: &NftRule) -> Result<Vec<Attr>, NfnlError> {
+    let mut writer = ExpressionWriter::default();
+    write_rule(&rule.statements, &mut writer)?;
+    if writer.expressions.is_empty() {
+        return Err(NfnlError::Unsupported("a rule without statements"));
+    }
+    Ok(writer.expressions)
+}
+
+/// Whether the fast path writes `rule` (a length that does not fit is
+/// still reported, by `rule_expressions`, when the batch is built).
+pub fn writes_rule(rule: &NftRule) -> bool {
+    !matches!(rule_expressions(rule), Err(NfnlError::Unsupported(_)))
+}
+
+/// The expressions of one rule in the kernel's layout. It writes a rule of
+/// one verdict (an instance's `in_<id>` chain: the rules that come and go
+/// with instances); rules that match packets, verdict maps and NAT change
+/// with the skeleton and the security groups, and go to `nft`.
+#[derive(Default)]
+struct ExpressionWriter {
+    expressions: Vec<Attr>,
+}
+
+impl<'s> RuleWriter<'s> for ExpressionWriter {
+    type Error = NfnlError;
+
+    fn compare(&mut self, _: Left<'s>, _: bool, _: Right<'s>) -> Result<(), NfnlError> {
+        Err(NfnlError::Unsupported("a rule that matches packets"))
+    }
+
+    fn verdict(&mut self, verdict: desired::Verdict<'s>) -> Result<(), NfnlError> {
+        if !self.expressions.is_empty() {
+            return Err(NfnlError::Unsupported("a rule of more than one verdict"));
+        }
+        self.expressions.push(immediate(verdict.into())?);
+        Ok(())
+    }
+
+    fn verdict_map(&mut self, _: &'s Field, _: &'s str) -> Result<(), NfnlError> {
+        Err(NfnlError::Unsupported("a verdict map rule"))
+    }
+
+    fn nat(&mut self, _: NatKind, _: IpFamily, _: NatTo<'s>) -> Result<(), NfnlError> {
+        Err(NfnlError::Unsupported("a NAT rule"))
+    }
+}
+
+/// An `immediate` expression setting the verdict register.
+pub fn immediate(verdict: Verdict) -> Result<Attr, NfnlError> {
+    let immediate = vec![
+        Attr::be32(NFTA_IMMEDIATE_DREG, NFT_REG_VERDICT),
+        Attr::verdict(NFTA_IMMEDIATE_DATA, verdict.code, verdict.chain)?,
+    ];
+    expression("immediate", immediate)
+}
+
+/// A `counter` expression (it counts, and has no attributes of its own).
+pub fn counter() -> Result<Attr, NfnlError> {
+    Attr::nested(
+        NFTA_LIST_ELEM,
+        vec![Attr::string(NFTA_EXPR_NAME, "counter")?],
+    )
+}
+
+/// An expression list element: the expression's name and its data.
+fn expression(name: &str, data: Vec<Attr>) -> Result<Attr, NfnlError> {
+    let expression = vec![
+        Attr::string(NFTA_EXPR_NAME, name)?,
+        Attr::nested(NFTA_EXPR_DATA, data)?,
+    ];
+    Attr::nested(NFTA_LIST_ELEM, expression)
 }
 
 /// A map value: a verdict (`jump <chain>`, `drop`) or data of the map's type.
@@ -106,6 +188,7 @@ fn encode_field(field_type: &str, text: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::desired::{Stmt, Value};
 
     #[test]
     fn concatenated_keys_pad_each_field_to_four_bytes() {
@@ -115,6 +198,57 @@ mod tests {
         assert_eq!(&key[16..24], &[0xd0, 0x0d, 0, 0, 0, 1, 0, 0]);
         let key = encode_data("ifname . ipv4_addr", "vn7 . 10.0.0.9").unwrap();
         assert_eq!(&key[16..], &[10, 0, 0, 9]);
+    }
+
+    fn rule(statements: Vec<Stmt>) -> NftRule {
+        NftRule::new("in_x", 0, statements)
+    }
+
+    #[test]
+    fn rules_of_one_verdict_are_written_and_no_others() {
+        let verdicts = [
+            Stmt::Jump("sg_a".into()),
+            Stmt::Accept,
+            Stmt::Drop,
+            Stmt::Return,
+        ];
+        for verdict in verdicts {
+            assert!(writes_rule(&rule(vec![verdict.clone()])), "{verdict}");
+        }
+        let l4proto = Stmt::matches(Field::Meta("l4proto"), Value::Number(6));
+        let nat = Stmt::Nat {
+            kind: NatKind::Dnat,
+            family: IpFamily::V4,
+            addr: "10.0.0.1".parse().unwrap(),
+            port: None,
+        };
+        let vmap = Stmt::VerdictMap {
+            field: Field::Payload("ip", "daddr"),
+            map: "instances".into(),
+        };
+        let refused = [
+            vec![],
+            vec![Stmt::Accept, Stmt::Drop],
+            vec![l4proto, Stmt::Accept],
+            vec![nat],
+            vec![vmap],
+        ];
+        for statements in refused {
+            let error = rule_expressions(&rule(statements.clone())).unwrap_err();
+            assert!(
+                matches!(error, NfnlError::Unsupported(_)),
+                "{statements:?}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_jump_too_long_to_encode_is_an_error_not_a_refusal() {
+        let long = rule(vec![Stmt::Jump("c".repeat(65_579))]);
+        let error = rule_expressions(&long).unwrap_err();
+        assert!(matches!(error, NfnlError::TooLong { .. }), "{error}");
+        // so the batch reports it, instead of `nft` silently taking over
+        assert!(writes_rule(&long));
     }
 
     #[test]

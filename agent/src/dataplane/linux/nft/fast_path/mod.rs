@@ -31,7 +31,8 @@
 //!   agent would have to link and ship on every node.
 //!
 //! - `abi`: the nf_tables numbers no crate exports for every target;
-//! - `encode`: keys, values and verdicts in the kernel's layout;
+//! - `encode`: keys, values and rules in the kernel's layout (rules as
+//!   their one description is written, `desired::RuleWriter`);
 //! - `message`: messages and attributes, lengths checked;
 //! - `batch`: the batch being built;
 //! - `socket`: sending it and reading the acknowledgements.
@@ -50,7 +51,7 @@ pub use socket::NfnlSocket;
 use crate::desired::{KernelState, NftSet, TableId};
 use crate::diff::Change;
 use batch::{BatchBuilder, ElementVerb, EncodedElement};
-use encode::{element_value, encode_data, Verdict};
+use encode::{element_value, encode_data};
 
 /// Past this many changes `nft`'s one cache fetch is worth paying, and the
 /// batch and its acknowledgements stay far below the socket buffers and the
@@ -70,6 +71,8 @@ pub enum NfnlError {
     Refused { what: String, error: std::io::Error },
     #[error("the kernel acknowledged {got} of {expected} messages")]
     MissingAcks { got: usize, expected: usize },
+    #[error("the fast path does not write {0}")]
+    Unsupported(&'static str),
     #[error("malformed answer from the kernel")]
     Malformed,
     #[error("{what} of {len} bytes is longer than the {max} bytes its length field holds")]
@@ -157,7 +160,7 @@ pub fn try_plan(
 fn supported(change: &Change, desired: &KernelState) -> bool {
     match change {
         Change::AddChain { chain, .. } | Change::ChangeChain { chain, .. } => {
-            chain.base.is_none() && chain.rules.iter().all(|r| Verdict::of_rule(r).is_some())
+            chain.base.is_none() && chain.rules.iter().all(encode::writes_rule)
         }
         // A base chain is never removed alone: its table goes with it.
         Change::RemoveChain { .. } => true,
@@ -288,8 +291,9 @@ mod tests {
         let table = TableId::ours(Family::Inet);
         let mut builder = BatchBuilder::new().unwrap();
         builder.new_chain(&table, "in_x").unwrap();
+        let jump = encode::immediate(encode::Verdict::jump("sg_a")).unwrap();
         builder
-            .verdict_rule(&table, "in_x", Verdict::jump("sg_a"), "edgenet:00")
+            .rule(&table, "in_x", "edgenet:00", vec![jump])
             .unwrap();
         let batch = builder.finish().unwrap();
         assert_eq!(batch.messages(), 2);
