@@ -97,6 +97,10 @@ pub struct Reconciler {
     /// Changes the kernel could not take at the last apply, as their diff
     /// lines: retrying them at a resync is not a drift repair.
     deferred: Vec<String>,
+    /// What the monitors said vanished since the last successful pass.
+    /// A flushed ruleset takes our state id with it, so this, not the id,
+    /// tells the repair of the applied state from a first apply.
+    drift_seen: Vec<String>,
 }
 
 impl Reconciler {
@@ -119,6 +123,7 @@ impl Reconciler {
             backoff,
             retry_at: None,
             deferred: Vec::new(),
+            drift_seen: Vec::new(),
             dirty: false,
             render_left_out: Vec::new(),
         };
@@ -231,7 +236,12 @@ impl Reconciler {
         while let Ok(more) = drift.try_recv() {
             objects.push(more.object);
         }
-        tracing::warn!(count = objects.len(), first = %objects[0], "drift detected; resyncing");
+        tracing::warn!(
+            count = objects.len(),
+            "drift detected, resyncing: {}",
+            name_few(&objects)
+        );
+        self.drift_seen.extend(objects);
         self.actual = None;
         self.dirty = true;
     }
@@ -369,12 +379,21 @@ impl Reconciler {
         log_deferred(&report.deferred);
         // Changes for the id the kernel already records: someone changed
         // what we had applied, and this put it back.
-        let retrying_deferred = changes
-            .changes
-            .iter()
-            .all(|c| self.deferred.contains(&c.line()));
-        if actual.state_id.as_deref() == Some(state_id) && !retrying_deferred {
-            tracing::warn!(changes = changes.len(), "repaired drift");
+        let retrying_deferred = !changes.is_empty()
+            && changes
+                .changes
+                .iter()
+                .all(|c| self.deferred.contains(&c.line()));
+        // Or the monitors saw something of the state in force vanish (with
+        // a flushed ruleset, its id too).
+        let in_force = self.feedback.borrow().applied_state_id.as_deref() == Some(state_id);
+        let seen = !self.drift_seen.is_empty() && in_force;
+        if (seen || actual.state_id.as_deref() == Some(state_id)) && !retrying_deferred {
+            tracing::warn!(
+                changes = changes.len(),
+                vanished = %name_few(&self.drift_seen),
+                "repaired drift"
+            );
             self.metrics.drift_repaired();
         }
         self.deferred = report.deferred.iter().map(|d| d.change.line()).collect();
@@ -390,6 +409,7 @@ impl Reconciler {
 
     fn succeeded(&mut self, target: &Snapshot, changes: usize, took: Duration) {
         self.dirty = false;
+        self.drift_seen.clear();
         self.backoff.reset();
         let objects = self
             .actual
@@ -575,6 +595,16 @@ fn log_deferred(deferred: &[crate::dataplane::DeferredChange]) {
         "changes deferred to the next resync: {}{more}",
         named.join("; ")
     );
+}
+
+/// The first few of `objects`, for one log line however many there are.
+fn name_few(objects: &[String]) -> String {
+    const NAMED: usize = 3;
+    let mut text = objects[..objects.len().min(NAMED)].join("; ");
+    if objects.len() > NAMED {
+        text.push_str(&format!("; and {} more", objects.len() - NAMED));
+    }
+    text
 }
 
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {

@@ -11,15 +11,20 @@ use std::fs::File;
 use std::future::Future;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use edgenet_agent::dataplane::linux::{LinuxConfig, LinuxDataplane};
 use edgenet_agent::dataplane::{Dataplane, DataplaneError};
 use edgenet_agent::desired::{DriftKind, Family, KernelState, NftChain, NftRule, Stmt, TableId};
 use edgenet_agent::diff::{diff, Change};
+use edgenet_agent::ops::metrics::Metrics;
+use edgenet_agent::reconcile::{ReconcileSettings, Reconciler};
 use edgenet_agent::render::{render, RenderSettings};
+use edgenet_agent::snapshot::{Feedback, Snapshot};
 use edgenet_model::{Instance, NodeView};
 use nix::sched::{setns, CloneFlags};
+use tokio::sync::watch;
 
 const VIEW: &str = include_str!("../src/dataplane/testdata/view-nc-1.json");
 
@@ -283,8 +288,14 @@ fn drift_of_route_chain_and_table_is_repaired() {
         );
         assert_eq!(converge(&mut dp, &want, "v1-d").await, 1);
 
-        // A flushed chain: found by the rule hashes, rewritten alone.
+        // A flushed chain: the nftables monitor names it; found by the rule
+        // hashes, rewritten alone.
         exec("nft flush chain inet edgenet sg_sg-web");
+        let event = tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .expect("a drift event in time")
+            .expect("monitor alive");
+        assert_eq!(event.object, "nft rules of chain inet edgenet sg_sg-web");
         let actual = dp.read().await.unwrap();
         let changes = diff(&actual, &want);
         let lines: Vec<String> = changes.changes.iter().map(Change::line).collect();
@@ -296,13 +307,86 @@ fn drift_of_route_chain_and_table_is_repaired() {
 
         // A deleted table: made again whole, state id included.
         exec("nft delete table inet edgenet");
+        let event = tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .expect("a drift event in time")
+            .expect("monitor alive");
+        assert_eq!(event.object, "nft table inet edgenet");
         assert!(converge(&mut dp, &want, "v1-d").await > 20);
         let back = dp.read().await.unwrap();
         assert!(diff(&back, &want).is_empty());
         assert_eq!(back.state_id.as_deref(), Some("v1-d"));
 
-        // Our own writes are no drift.
+        // Our own writes are no drift (their events have arrived by now).
+        tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(events.try_recv().is_err());
+    });
+}
+
+/// Polls `condition` (async, so the loop under test keeps running) until it
+/// holds or `deadline` passes; says whether it held.
+async fn holds_before(deadline: Instant, mut condition: impl FnMut() -> bool) -> bool {
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `nft flush ruleset` (what Debian's nftables.service runs on restart and
+/// reload) takes our tables and their state id: the loop puts them back at
+/// once, not at the next periodic resync, and counts it as drift.
+#[test]
+fn a_flushed_ruleset_is_repaired_at_once_and_counted() {
+    let ns = NetNs::node("flush");
+    let name = ns.name.clone();
+    ns.run(move || async move {
+        let exec = |script: &str| run("ip", &["netns", "exec", &name, "sh", "-c", script]);
+        let dataplane = LinuxDataplane::new(config()).unwrap();
+        let metrics = Metrics::new();
+        let mut settings = ReconcileSettings::new("nc-1");
+        settings.resync = Duration::from_secs(3600);
+        let (reconciler, feedback) =
+            Reconciler::new(settings, Box::new(dataplane), metrics.clone());
+        let (snapshots, snapshot_rx) = watch::channel(None);
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(reconciler.run(snapshot_rx, stop_rx));
+        let snapshot = Snapshot::from_view("nc-1", "v1-flush".into(), &view());
+        snapshots.send_replace(Some(Arc::new(snapshot)));
+        let applied = |feedback: &watch::Receiver<Feedback>| {
+            feedback.borrow().applied_state_id.as_deref() == Some("v1-flush")
+        };
+        let soon = Instant::now() + Duration::from_secs(10);
+        assert!(
+            holds_before(soon, || applied(&feedback)).await,
+            "first apply"
+        );
+        // Our own writes settle without a repair.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(metrics.drift_repairs(), 0, "our own writes are no drift");
+
+        exec("nft flush ruleset");
+        let repaired = || {
+            let tables = exec("nft list tables");
+            tables.contains("inet edgenet")
+                && tables.contains("bridge edgenet")
+                && metrics.drift_repairs() == 1
+        };
+        let flushed = Instant::now();
+        assert!(
+            holds_before(flushed + Duration::from_secs(1), repaired).await,
+            "repaired and counted within 1 s (repairs: {})",
+            metrics.drift_repairs()
+        );
+        eprintln!("flushed ruleset repaired after {:?}", flushed.elapsed());
+        let state = exec("nft list chain inet edgenet state");
+        assert!(state.contains("v1-flush"), "{state}");
+        stop.send_replace(true);
+        task.await.unwrap().unwrap();
     });
 }
 

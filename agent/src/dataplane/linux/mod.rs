@@ -26,6 +26,7 @@ pub mod monitor;
 pub mod netlink;
 pub mod nfnl;
 pub mod nft;
+pub mod ruleset_monitor;
 pub mod sysctl;
 
 pub use nft::NftRunner;
@@ -81,6 +82,9 @@ pub struct LinuxDataplane {
     watch_from_scratch: bool,
     counters: Arc<LinuxCounters>,
     watched: monitor::SharedWatched,
+    /// Our nftables writes under way, so the monitor does not take them
+    /// for drift.
+    own_nft_writes: Arc<ruleset_monitor::OwnWrites>,
     drift: Option<mpsc::Receiver<DriftEvent>>,
     tasks: Vec<JoinHandle<()>>,
     /// State id in the kernel as of our last read or write; `None` when
@@ -111,9 +115,14 @@ impl LinuxDataplane {
             })?;
         let mut tasks = vec![tokio::spawn(connection)];
         let watched = monitor::SharedWatched::default();
+        let own_nft_writes = Arc::default();
         let mut drift = None;
         if config.monitor {
-            let (rx, monitor_tasks) = monitor::start(config.route_protocol, watched.clone())?;
+            let (rx, monitor_tasks) = monitor::start(
+                config.route_protocol,
+                watched.clone(),
+                Arc::clone(&own_nft_writes),
+            )?;
             drift = Some(rx);
             tasks.extend(monitor_tasks);
         }
@@ -131,6 +140,7 @@ impl LinuxDataplane {
             watch_from_scratch: true,
             counters: Arc::default(),
             watched,
+            own_nft_writes,
             drift,
             tasks,
             recorded_state_id: None,
@@ -155,6 +165,10 @@ impl LinuxDataplane {
         desired: &KernelState,
         state: Option<&str>,
     ) -> Result<usize, DataplaneError> {
+        if changes.is_empty() && state.is_none() {
+            return Ok(0);
+        }
+        let _own = self.own_nft_writes.begin();
         if let Some(socket) = &self.nfnl {
             if let Some(batch) = nfnl::plan(changes, desired, state) {
                 if batch.messages() == 0 {
