@@ -48,10 +48,13 @@ pub enum Command {
     Plan(PlanArgs),
     /// Apply one snapshot from a model file, then exit (0 ok, 1 error).
     Apply(ApplyArgs),
-    /// What is applied: state id, object counts and drift.
+    /// What is applied: state id, object counts, drift and the sysctls
+    /// forwarding needs.
     ///
-    /// Exit status: 0 in sync, 2 drift, 1 error. Drift is computed when the
-    /// view of the applied state can be had (--model FILE or an endpoint).
+    /// Exit status: 0 in sync, 2 drift (or IPv4 forwarding or
+    /// bridge-nf-call-iptables off), 1 error or nothing applied. Drift is
+    /// computed when the view of the applied state can be had (--model FILE
+    /// or an endpoint).
     Status(StatusArgs),
     /// Print a synthetic cloud model (for benchmarks and load tests).
     GenModel(GenModelArgs),

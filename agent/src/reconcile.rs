@@ -101,6 +101,9 @@ pub struct Reconciler {
     /// A flushed ruleset takes our state id with it, so this, not the id,
     /// tells the repair of the applied state from a first apply.
     drift_seen: Vec<String>,
+    /// Each sysctl forwarding needs, with its problem at the last check:
+    /// a problem is logged when it appears or changes, not at every pass.
+    sysctls: std::collections::BTreeMap<String, Option<String>>,
 }
 
 impl Reconciler {
@@ -124,6 +127,7 @@ impl Reconciler {
             retry_at: None,
             deferred: Vec::new(),
             drift_seen: Vec::new(),
+            sysctls: Default::default(),
             dirty: false,
             render_left_out: Vec::new(),
         };
@@ -357,6 +361,7 @@ impl Reconciler {
         target: &Arc<Snapshot>,
         actual: KernelState,
     ) -> Result<Pass, DataplaneError> {
+        self.check_sysctls();
         let state_id = target.state_id.as_str();
         let Some(rendered) = target.render(&self.settings.render) else {
             self.actual = Some(actual);
@@ -405,6 +410,28 @@ impl Reconciler {
         drop((report, changes));
         self.actual = Some(kept.apply(desired, state_id));
         Ok(Pass::in_full(made))
+    }
+
+    /// At each full pass: the sysctls forwarding needs, to the metrics and,
+    /// when a problem appears or goes, to the log.
+    fn check_sysctls(&mut self) {
+        for check in self.dataplane.check_sysctls() {
+            self.metrics
+                .set_sysctl_ok(&check.name, check.problem.is_none());
+            let before = self
+                .sysctls
+                .insert(check.name.clone(), check.problem.clone());
+            if before.as_ref() == Some(&check.problem) {
+                continue;
+            }
+            match &check.problem {
+                Some(problem) => log_sysctl_problem(&check.name, problem),
+                None if before.is_some() => {
+                    tracing::info!(sysctl = %check.name, "sysctl {} is as needed now", check.name)
+                }
+                None => {}
+            }
+        }
     }
 
     fn succeeded(&mut self, target: &Snapshot, changes: usize, took: Duration) {
@@ -597,6 +624,10 @@ fn log_deferred(deferred: &[crate::dataplane::DeferredChange]) {
     );
 }
 
+fn log_sysctl_problem(name: &str, problem: &str) {
+    tracing::warn!(sysctl = %name, "sysctl {name} {problem}: instances may lose traffic or security groups");
+}
+
 /// The first few of `objects`, for one log line however many there are.
 fn name_few(objects: &[String]) -> String {
     const NAMED: usize = 3;
@@ -622,6 +653,11 @@ pub async fn apply_once(
     snapshot: &Snapshot,
     settings: &RenderSettings,
 ) -> Result<String, DataplaneError> {
+    for check in dataplane.check_sysctls() {
+        if let Some(problem) = &check.problem {
+            log_sysctl_problem(&check.name, problem);
+        }
+    }
     let actual = dataplane.read().await?;
     let from = actual.state_id.as_deref();
     let Some(rendered) = snapshot.render(settings) else {

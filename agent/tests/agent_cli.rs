@@ -408,6 +408,69 @@ echo "rc=$?"
     assert_eq!(lines[7], "rc=2");
 }
 
+fn assert_root_and_nft() {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| text(&o.stdout).trim() == "0");
+    // Without root or nft these tests cannot prove anything: fail, never pass.
+    assert!(
+        root.unwrap_or(false),
+        "needs root to make a network namespace"
+    );
+    assert!(
+        Command::new("nft").arg("--version").output().is_ok(),
+        "needs nft (the nftables package; scripts/test-all.sh installs it)"
+    );
+}
+
+/// Runs `script` (bash) in a network and mount namespace of its own, on a
+/// node like the fixture's (`br0`, `eth0`), with `$EDGENETD` and `$MODEL`.
+fn in_namespace(script: &str) -> Output {
+    assert_root_and_nft();
+    let setup = "set -e\nip link set lo up\n\
+        ip link add br0 type bridge && ip link set br0 up\n\
+        ip link add eth0 type veth peer name eth0-peer && ip link set eth0 up && ip link set eth0-peer up\n\
+        set +e\n";
+    Command::new("unshare")
+        .args(["-n", "-m", "bash", "-c", &format!("{setup}{script}")])
+        .env("EDGENETD", env!("CARGO_BIN_EXE_edgenetd"))
+        .env("MODEL", fixture("cloud.json"))
+        .env_remove("EDGENET_CONFIG")
+        .output()
+        .unwrap()
+}
+
+/// Forwarding off and a read-only /proc/sys (systemd's
+/// ProtectKernelTunables) with manage_sysctls on: the daemon warns, naming
+/// the key, and applies the rest; `status` shows it and exits 2.
+#[test]
+fn sysctl_problems_are_reported_and_the_rest_applied() {
+    let out = in_namespace(
+        r#"
+echo 0 > /proc/sys/net/ipv4/ip_forward
+mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys
+timeout 20 "$EDGENETD" run --once --node nc-1 --model "$MODEL" > /dev/null
+echo "run rc=$?"
+"$EDGENETD" status --node nc-1 --model "$MODEL"
+echo "status rc=$?"
+"#,
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(stdout.contains("run rc=0\n"), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("WARN")
+            && stderr.contains("sysctl net.ipv4.ip_forward is 0, needs 1; cannot set it"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("applied state: v1-"), "{stdout}");
+    assert!(
+        stdout.contains("sysctl net.ipv4.ip_forward is 0, needs 1\n"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("status rc=2\n"), "{stdout}\n{stderr}");
+}
+
 /// systemd's notify protocol: READY=1 with a STATUS= naming the state id
 /// after the first apply, WATCHDOG=1 at half of WATCHDOG_USEC, STOPPING=1.
 #[test]

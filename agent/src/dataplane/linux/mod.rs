@@ -275,10 +275,7 @@ impl Dataplane for LinuxDataplane {
         desired: &KernelState,
         state_id: &str,
     ) -> Result<ApplyReport<'a>, DataplaneError> {
-        let mut report = ApplyReport {
-            sysctl_notes: sysctl::ensure(self.config.manage_sysctls)?,
-            ..Default::default()
-        };
+        let mut report = ApplyReport::default();
         let links = netlink::read_links(&self.handle).await?;
         let netlink_changes: Vec<&Change> = changes.netlink_changes().collect();
         // Tell the monitor first, so our own writes are not taken for drift.
@@ -343,6 +340,10 @@ impl Dataplane for LinuxDataplane {
                 Err(error)
             }
         }
+    }
+
+    fn check_sysctls(&mut self) -> Vec<super::SysctlCheck> {
+        sysctl::ensure(self.config.manage_sysctls)
     }
 
     fn drift_events(&mut self) -> Option<mpsc::Receiver<DriftEvent>> {
