@@ -229,7 +229,7 @@ fn apply_and_status_on_the_memory_dataplane() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(text(&out.stdout).starts_with("nc-1: none -> v1-"));
 
-    // A fresh memory dataplane holds nothing: in sync, nothing applied.
+    // A fresh memory dataplane holds nothing: nothing applied, exit 1.
     let out = edgenetd(&[
         "status",
         "--dataplane",
@@ -239,7 +239,7 @@ fn apply_and_status_on_the_memory_dataplane() {
         "--output",
         "json",
     ]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["node"], "nc-1");
     assert!(doc["applied_state_id"].is_null());
@@ -469,6 +469,32 @@ echo "status rc=$?"
         "{stdout}"
     );
     assert!(stdout.contains("status rc=2\n"), "{stdout}\n{stderr}");
+}
+
+/// A node where nothing was ever applied is not "in sync".
+#[test]
+fn status_says_nothing_applied_with_exit_1() {
+    let out = in_namespace(
+        r#"
+echo 1 > /proc/sys/net/ipv4/ip_forward
+"$EDGENETD" status --node nc-1 --model "$MODEL"
+echo "rc=$?"
+"$EDGENETD" status --output json
+echo "rc=$?"
+"#,
+    );
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines.contains(&"nothing applied"), "{stdout}");
+    assert!(!stdout.contains("in sync"), "{stdout}");
+    assert_eq!(
+        lines.iter().filter(|l| **l == "rc=1").count(),
+        2,
+        "{stdout}"
+    );
+    let json = lines.iter().find(|l| l.starts_with('{')).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(doc["applied_state_id"], serde_json::Value::Null);
 }
 
 /// systemd's notify protocol: READY=1 with a STATUS= naming the state id

@@ -12,6 +12,9 @@ use crate::config::Config;
 use crate::desired::{AddressOwnership, KernelState};
 use crate::diff::diff;
 
+/// The kernel holds no state of ours (never applied, or all of it removed).
+const EXIT_NOTHING_APPLIED: u8 = 1;
+
 #[derive(serde::Serialize)]
 struct StatusReport {
     node: Option<String>,
@@ -77,6 +80,10 @@ pub async fn status(args: StatusArgs) -> Result<u8> {
         OutputFormat::Text => status_text(&report),
     };
     write_stdout(&text)?;
+    if report.applied_state_id.is_none() {
+        // Not "in sync": nothing of ours is in the kernel at all.
+        return Ok(EXIT_NOTHING_APPLIED);
+    }
     let critical = report.sysctl_problems.iter().any(|p| p.critical);
     Ok(if report.drift.is_empty() && !critical {
         0
@@ -141,7 +148,9 @@ fn status_text(report: &StatusReport) -> String {
     for sysctl in &report.sysctl_problems {
         text.push_str(&format!("sysctl {} {}\n", sysctl.name, sysctl.problem));
     }
-    if report.drift.is_empty() {
+    if report.applied_state_id.is_none() {
+        text.push_str("nothing applied\n");
+    } else if report.drift.is_empty() {
         text.push_str("in sync\n");
     } else {
         text.push_str(&format!("drift: {} objects\n", report.drift.len()));
