@@ -158,6 +158,21 @@ impl Reconciler {
         }
     }
 
+    /// At start, before any view: READY, with a STATUS saying what the node
+    /// runs on. A controller that is down must not time the start out (the
+    /// unit would restart every start timeout, never tripping its start
+    /// limit), so READY does not wait for a view: on a restart the kernel's
+    /// applied state is adopted (fail static), and a first boot says it
+    /// waits for its first view. `held`: the state id the kernel holds.
+    pub fn announce_start(&mut self, held: Option<&str>) {
+        let status = match held {
+            Some(id) => format!("running on the last applied state {id}; waiting for the view"),
+            None => "waiting for the first view: nothing applied yet".to_string(),
+        };
+        tracing::info!("{status}");
+        self.notifier.ready(&status);
+    }
+
     /// Runs until `shutdown` turns true (or, with `once`, until the first
     /// snapshot is applied). The kernel is left as it is on return.
     pub async fn run(

@@ -497,8 +497,125 @@ echo "rc=$?"
     assert_eq!(doc["applied_state_id"], serde_json::Value::Null);
 }
 
-/// systemd's notify protocol: READY=1 with a STATUS= naming the state id
-/// after the first apply, WATCHDOG=1 at half of WATCHDOG_USEC, STOPPING=1.
+/// A service manager's notify socket, as the tests' systemd.
+struct NotifySocket {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    socket: std::os::unix::net::UnixDatagram,
+    messages: Vec<String>,
+}
+
+impl NotifySocket {
+    fn new() -> NotifySocket {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        NotifySocket {
+            _dir: dir,
+            path,
+            socket,
+            messages: Vec::new(),
+        }
+    }
+
+    /// Reads datagrams until one satisfies `wanted` (returned) or
+    /// `within` has passed (`None`); every datagram is kept in `messages`.
+    fn wait_for(&mut self, within: Duration, wanted: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = Instant::now() + within;
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            let Ok(n) = self.socket.recv(&mut buf) else {
+                continue;
+            };
+            let message = String::from_utf8_lossy(&buf[..n]).to_string();
+            self.messages.push(message.clone());
+            if wanted(&message) {
+                return Some(message);
+            }
+        }
+        None
+    }
+}
+
+fn terminate(child: &mut std::process::Child) {
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    assert!(child.wait().unwrap().success());
+}
+
+/// First boot, nothing applied, the controller down: READY at once with a
+/// STATUS that says so, so the start does not time out and the unit does
+/// not flap; the agent keeps polling.
+#[test]
+fn first_boot_without_a_controller_is_ready_and_waits_for_the_first_view() {
+    let mut notify = NotifySocket::new();
+    let endpoint = format!("http://127.0.0.1:{}/", free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edgenetd"))
+        .args([
+            "run",
+            "--dataplane",
+            "memory",
+            "--node",
+            "nc-1",
+            "--endpoint",
+            &endpoint,
+        ])
+        .env("NOTIFY_SOCKET", &notify.path)
+        .env_remove("EDGENET_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ready = notify.wait_for(Duration::from_secs(10), |m| m.contains("READY=1"));
+    terminate(&mut child);
+    let ready = ready.unwrap_or_else(|| panic!("no READY: {:?}", notify.messages));
+    assert!(
+        ready.contains("STATUS=waiting for the first view"),
+        "{ready}"
+    );
+}
+
+/// A restart while the controller is down, on a kernel holding an applied
+/// state: the agent adopts it (fail static) and is ready at once, saying so.
+#[test]
+fn a_restart_with_the_controller_down_runs_on_the_last_applied_state() {
+    assert_root_and_nft();
+    let mut notify = NotifySocket::new();
+    let script = r#"
+set -e
+ip link set lo up
+ip link add br0 type bridge && ip link set br0 up
+ip link add eth0 type veth peer name eth0-peer && ip link set eth0 up && ip link set eth0-peer up
+"$EDGENETD" apply --node nc-1 --model "$MODEL" > /dev/null
+exec "$EDGENETD" run --node nc-1 --endpoint http://127.0.0.1:1/
+"#;
+    let mut child = Command::new("unshare")
+        .args(["-n", "bash", "-c", script])
+        .env("EDGENETD", env!("CARGO_BIN_EXE_edgenetd"))
+        .env("MODEL", fixture("cloud.json"))
+        .env("NOTIFY_SOCKET", &notify.path)
+        .env_remove("EDGENET_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ready = notify.wait_for(Duration::from_secs(10), |m| m.contains("READY=1"));
+    terminate(&mut child);
+    let ready = ready.unwrap_or_else(|| panic!("no READY: {:?}", notify.messages));
+    assert!(
+        ready.contains("STATUS=running on the last applied state v1-"),
+        "{ready}"
+    );
+}
+
+/// systemd's notify protocol: READY=1 at start, a STATUS= naming the state
+/// id after the first apply, WATCHDOG=1 at half of WATCHDOG_USEC, STOPPING=1.
 #[test]
 fn notifies_systemd() {
     use std::os::unix::net::UnixDatagram;
@@ -524,6 +641,7 @@ fn notifies_systemd() {
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline
         && !(messages.iter().any(|m: &String| m.contains("READY=1"))
+            && messages.iter().any(|m| m.contains("STATUS=applied v1-"))
             && messages.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 3)
     {
         let n = socket.recv(&mut buf).unwrap();
@@ -541,7 +659,14 @@ fn notifies_systemd() {
         .iter()
         .find(|m| m.contains("READY=1"))
         .expect("READY=1 sent");
-    assert!(ready.contains("STATUS=applied v1-"), "{messages:?}");
+    assert!(
+        ready.contains("STATUS=waiting for the first view"),
+        "{messages:?}"
+    );
+    assert!(
+        messages.iter().any(|m| m.contains("STATUS=applied v1-")),
+        "{messages:?}"
+    );
     assert!(
         messages.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 3,
         "{messages:?}"

@@ -1,5 +1,7 @@
-//! systemd notification (`Type=notify`): READY=1 once the node is in the
-//! state its view asks for, STATUS= with the state id, and the watchdog.
+//! systemd notification (`Type=notify`): READY=1 at start, once the
+//! kernel has been read (see `Reconciler::announce_start`: on the state
+//! applied earlier, or waiting for the first view), STATUS= with what is
+//! applied, and the watchdog.
 //!
 //! Outside systemd (`NOTIFY_SOCKET` unset) every call is a no-op.
 
@@ -18,7 +20,8 @@ impl SystemdNotifier {
         Self::default()
     }
 
-    /// After the first successful apply (or the first plan in dry-run).
+    /// At start (or the first plan in dry-run); later calls only update
+    /// STATUS.
     pub fn ready(&mut self, status: &str) {
         if !self.ready_sent {
             self.ready_sent = true;
