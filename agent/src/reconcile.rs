@@ -22,7 +22,7 @@ use crate::diff::{diff, Change, ChangeSet};
 use crate::incremental::{self, Baseline};
 use crate::ops::heap;
 use crate::ops::metrics::Metrics;
-use crate::ops::notify::SystemdNotifier;
+use crate::ops::notify::{Heartbeat, SystemdNotifier};
 use crate::render::RenderSettings;
 use crate::snapshot::{Feedback, Snapshot, SnapshotReceiver};
 use edgenet_model::backoff::Backoff;
@@ -39,6 +39,9 @@ pub struct ReconcileSettings {
     pub once: bool,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// How often the loop beats its heartbeat while it waits (the
+    /// watchdog pings only while the beat is fresh).
+    pub heartbeat: Duration,
 }
 
 impl ReconcileSettings {
@@ -50,6 +53,7 @@ impl ReconcileSettings {
             once: false,
             backoff_min: RETRY_BACKOFF_MIN,
             backoff_max: RETRY_BACKOFF_MAX,
+            heartbeat: Duration::from_secs(1),
         }
     }
 }
@@ -80,6 +84,7 @@ pub struct Reconciler {
     metrics: Arc<Metrics>,
     feedback: watch::Sender<Feedback>,
     notifier: SystemdNotifier,
+    heartbeat: Heartbeat,
     /// The kernel as we believe it is; `None` = read it in full first.
     actual: Option<KernelState>,
     /// What the last apply rendered, for an incremental pass; `None` when
@@ -120,6 +125,7 @@ impl Reconciler {
             metrics,
             feedback,
             notifier: SystemdNotifier::new(),
+            heartbeat: Heartbeat::default(),
             actual: None,
             baseline: None,
             target: None,
@@ -158,6 +164,11 @@ impl Reconciler {
         }
     }
 
+    /// The loop's heartbeat, for the watchdog.
+    pub fn heartbeat(&self) -> Heartbeat {
+        self.heartbeat.clone()
+    }
+
     /// At start, before any view: READY, with a STATUS saying what the node
     /// runs on. A controller that is down must not time the start out (the
     /// unit would restart every start timeout, never tripping its start
@@ -187,11 +198,14 @@ impl Reconciler {
         let mut drift_open = true;
         let mut resync_at = tokio::time::Instant::now() + self.resync_wait();
         let mut last = None;
+        let mut beat = tokio::time::interval(self.settings.heartbeat);
         loop {
+            self.heartbeat.beat();
             let retry_at = self.retry_at;
             tokio::select! {
                 biased;
                 _ = shutdown.wait_for(|stop| *stop) => return Ok(last),
+                _ = beat.tick() => continue,
                 changed = snapshots.changed() => {
                     if changed.is_err() {
                         return if last.is_some() { Ok(last) } else { Err(ReconcileError::NoSnapshot) };

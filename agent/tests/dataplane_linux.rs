@@ -390,6 +390,118 @@ fn a_flushed_ruleset_is_repaired_at_once_and_counted() {
     });
 }
 
+/// An `nft` that hangs on every transaction (listings still work): while
+/// it hangs the loop makes no progress, so the watchdog pings stop; the
+/// call's timeout then kills it and fails the pass, retried as a full
+/// resync, and the pings resume.
+#[test]
+fn a_hung_nft_times_out_and_withholds_the_watchdog_meanwhile() {
+    use edgenet_agent::dataplane::linux::NftRunner;
+    use edgenet_agent::ops::notify;
+    let ns = NetNs::node("hung");
+    let dir = tempfile::tempdir().unwrap();
+    let wrapper = dir.path().join("nft");
+    std::fs::write(
+        &wrapper,
+        "#!/bin/sh\ncase \"$*\" in *-f*) exec sleep 10;; *) exec nft \"$@\";; esac\n",
+    )
+    .unwrap();
+    run("chmod", &["+x", wrapper.to_str().unwrap()]);
+    let socket_path = dir.path().join("notify.sock");
+    // The notifications of this test process go to this socket.
+    std::env::set_var("NOTIFY_SOCKET", &socket_path);
+    ns.run(move || async move {
+        let socket = tokio::net::UnixDatagram::bind(&socket_path).unwrap();
+        let config = LinuxConfig {
+            nft: NftRunner {
+                program: wrapper.to_str().unwrap().into(),
+                prefix_args: Vec::new(),
+            },
+            nft_fast_path: false,
+            monitor: false,
+            call_timeout: Duration::from_millis(1500),
+            ..config()
+        };
+        let mut settings = ReconcileSettings::new("nc-1");
+        settings.resync = Duration::from_secs(3600);
+        settings.heartbeat = Duration::from_millis(20);
+        // The retry must not hang again while the test watches.
+        settings.backoff_min = Duration::from_secs(30);
+        settings.backoff_max = Duration::from_secs(30);
+        let dataplane = LinuxDataplane::new(config).unwrap();
+        let (reconciler, feedback) = Reconciler::new(settings, Box::new(dataplane), Metrics::new());
+        let period = Duration::from_millis(50);
+        tokio::spawn(notify::watchdog(period, reconciler.heartbeat(), period * 4));
+        let (snapshots, snapshot_rx) = watch::channel(None);
+        let (_stop, stop_rx) = watch::channel(false);
+        tokio::spawn(reconciler.run(snapshot_rx, stop_rx));
+        let mut pings = Pings {
+            socket,
+            buf: vec![0; 4096],
+        };
+        assert!(
+            pings.ping_within(Duration::from_secs(2)).await,
+            "pings while idle"
+        );
+
+        snapshots.send_replace(Some(Arc::new(Snapshot::from_view(
+            "nc-1",
+            "v1-hung".into(),
+            &view(),
+        ))));
+        // Until the pass is stuck: the last pings of the fresh beat.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        pings.drain();
+        let hung_since = Instant::now();
+        let failed = || feedback.borrow().apply_error.clone();
+        assert!(
+            !pings.ping_within(Duration::from_millis(600)).await,
+            "no ping while the nft transaction hangs"
+        );
+        assert!(failed().is_none(), "the timeout has not tripped yet");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        assert!(
+            holds_before(deadline, || failed().is_some()).await,
+            "the timeout trips"
+        );
+        let error = failed().unwrap();
+        assert!(
+            error.contains("nft transaction timed out after 1.5"),
+            "{error}"
+        );
+        eprintln!("hung nft cut after {:?}", hung_since.elapsed());
+        assert!(
+            pings.ping_within(Duration::from_secs(2)).await,
+            "pings resume"
+        );
+    });
+    std::env::remove_var("NOTIFY_SOCKET");
+}
+
+struct Pings {
+    socket: tokio::net::UnixDatagram,
+    buf: Vec<u8>,
+}
+
+impl Pings {
+    /// Whether a WATCHDOG=1 arrives within `within`.
+    async fn ping_within(&mut self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let received = tokio::time::timeout_at(deadline, self.socket.recv(&mut self.buf)).await;
+            match received {
+                Ok(Ok(n)) if self.buf[..n].starts_with(b"WATCHDOG=1") => return true,
+                Ok(_) => continue,
+                Err(_elapsed) => return false,
+            }
+        }
+    }
+
+    fn drain(&mut self) {
+        while self.socket.try_recv(&mut self.buf).is_ok() {}
+    }
+}
+
 #[test]
 fn restart_on_a_set_up_kernel_changes_nothing() {
     let ns = NetNs::node("restart");

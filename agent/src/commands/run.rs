@@ -102,6 +102,10 @@ async fn run_daemon(args: &RunArgs, config: &Config, node: &str, wiring: Wiring)
     settings.render = render_settings(config);
     settings.resync = config.resync_period();
     settings.once = args.once;
+    let watchdog = notify::watchdog_period();
+    if let Some(period) = watchdog {
+        settings.heartbeat = settings.heartbeat.min(period / 2);
+    }
     let metrics = wiring.sources.metrics.clone();
     let (mut reconciler, feedback_rx) = Reconciler::new(settings, dataplane, metrics);
     // The first poll still asks for the view (StateId empty): the view is
@@ -117,8 +121,9 @@ async fn run_daemon(args: &RunArgs, config: &Config, node: &str, wiring: Wiring)
         feedback_rx,
         wiring.reload,
     ));
-    if let Some(period) = notify::watchdog_period() {
-        tokio::spawn(notify::watchdog(period));
+    if let Some(period) = watchdog {
+        // Stale after one whole watchdog interval (two ping periods).
+        tokio::spawn(notify::watchdog(period, reconciler.heartbeat(), period * 2));
     }
     let result = reconciler.run(snapshot_rx, wiring.shutdown).await;
     source_task.abort();

@@ -121,6 +121,12 @@ pub enum DataplaneError {
     #[error("cannot open network namespace {path}: {detail}")]
     Namespace { path: PathBuf, detail: String },
 
+    #[error("{operation} timed out after {after:?}")]
+    Timeout {
+        operation: String,
+        after: std::time::Duration,
+    },
+
     #[error("injected failure: {context}")]
     Injected { context: String },
 }

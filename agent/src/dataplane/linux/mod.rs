@@ -9,6 +9,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use rtnetlink::Handle;
@@ -47,7 +48,15 @@ pub struct LinuxConfig {
     /// runs through a prefix (another namespace or user): our socket would
     /// not write where `nft` does.
     pub nft_fast_path: bool,
+    /// Longest any one `nft` run or netlink exchange may take; an apply
+    /// gets [`TIMEOUT_PER_CHANGE`] more per change. A call that overruns
+    /// fails the pass, which the loop retries as a full resync.
+    pub call_timeout: Duration,
 }
+
+/// What a change adds to an apply's timeout: a first apply of 50,000
+/// instances (645,066 changes) takes about two minutes.
+pub const TIMEOUT_PER_CHANGE: Duration = Duration::from_millis(1);
 
 impl Default for LinuxConfig {
     fn default() -> Self {
@@ -58,7 +67,24 @@ impl Default for LinuxConfig {
             monitor: true,
             nft: NftRunner::default(),
             nft_fast_path: true,
+            call_timeout: Duration::from_secs(60),
         }
+    }
+}
+
+/// `call`, or a timeout error naming `operation` once `limit` has passed.
+/// Dropping the call kills an `nft` it runs (`kill_on_drop`).
+async fn bounded<T>(
+    limit: Duration,
+    operation: &str,
+    call: impl std::future::Future<Output = Result<T, DataplaneError>>,
+) -> Result<T, DataplaneError> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(result) => result,
+        Err(_) => Err(DataplaneError::Timeout {
+            operation: operation.to_string(),
+            after: limit,
+        }),
     }
 }
 
@@ -235,16 +261,23 @@ impl LinuxDataplane {
 #[async_trait]
 impl Dataplane for LinuxDataplane {
     async fn read(&mut self) -> Result<KernelState, DataplaneError> {
-        let (tables, state_id) = self.config.nft.read().await?;
-        let links = netlink::read_links(&self.handle).await?;
+        let limit = self.config.call_timeout;
+        let (tables, state_id) = bounded(limit, "nft list", self.config.nft.read()).await?;
+        let links = bounded(
+            limit,
+            "netlink link dump",
+            netlink::read_links(&self.handle),
+        )
+        .await?;
         let routes = netlink::read_routes(
             &self.handle,
             &links,
             self.config.route_protocol,
             self.config.route_table,
-        )
-        .await?;
-        let addresses = netlink::read_addresses(&self.handle, &links).await?;
+        );
+        let routes = bounded(limit, "netlink route dump", routes).await?;
+        let addresses = netlink::read_addresses(&self.handle, &links);
+        let addresses = bounded(limit, "netlink address dump", addresses).await?;
         self.recorded_state_id = state_id.clone();
         self.maps_in_kernel = tables
             .iter()
@@ -276,7 +309,18 @@ impl Dataplane for LinuxDataplane {
         state_id: &str,
     ) -> Result<ApplyReport<'a>, DataplaneError> {
         let mut report = ApplyReport::default();
-        let links = netlink::read_links(&self.handle).await?;
+        if self.config.manage_sysctls {
+            // Forwarding before the routes that need it; what cannot be set
+            // is reported by `check_sysctls`.
+            sysctl::ensure(true);
+        }
+        let limit = self.config.call_timeout;
+        let links = bounded(
+            limit,
+            "netlink link dump",
+            netlink::read_links(&self.handle),
+        )
+        .await?;
         let netlink_changes: Vec<&Change> = changes.netlink_changes().collect();
         // Tell the monitor first, so our own writes are not taken for drift.
         self.watch(desired, &netlink_changes, links.clone());
@@ -290,9 +334,21 @@ impl Dataplane for LinuxDataplane {
         // nft runs as a child process: let it work while this thread
         // drives netlink (neither depends on the other), so a full apply
         // costs about the longer of the two rather than their sum.
+        let (netlink_limit, nft_limit) = (
+            limit + TIMEOUT_PER_CHANGE * netlink_changes.len() as u32,
+            limit + TIMEOUT_PER_CHANGE * nft_changes.len() as u32,
+        );
         let (netlink_result, nft_result) = tokio::join!(
-            netlink::apply(&self.handle, &links, &netlink_changes),
-            self.write_nft(&nft_changes, desired, state)
+            bounded(
+                netlink_limit,
+                "netlink apply",
+                netlink::apply(&self.handle, &links, &netlink_changes)
+            ),
+            bounded(
+                nft_limit,
+                "nft transaction",
+                self.write_nft(&nft_changes, desired, state)
+            )
         );
         let (sent, deferred) = netlink_result?;
         self.counters
