@@ -677,6 +677,84 @@ fn notifies_systemd() {
     );
 }
 
+/// Runs edgenetd with stderr into a file; `journal`: with JOURNAL_STREAM
+/// naming that file, as systemd names the journal's stream.
+fn stderr_lines(args: &[&str], journal: bool) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("stderr");
+    let file = std::fs::File::create(&path).unwrap();
+    let metadata = file.metadata().unwrap();
+    let stream = if journal {
+        format!("{}:{}", metadata.dev(), metadata.ino())
+    } else {
+        format!("{}:{}", metadata.dev(), metadata.ino() + 1)
+    };
+    Command::new(env!("CARGO_BIN_EXE_edgenetd"))
+        .args(args)
+        .env("JOURNAL_STREAM", stream)
+        .env("EDGENET_LOG", "debug")
+        .env_remove("EDGENET_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(file)
+        .status()
+        .unwrap();
+    std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Under systemd stderr is the journal: each line carries its priority as
+/// the sd-daemon prefix, and no timestamp of ours (journald stamps it).
+#[test]
+fn log_lines_carry_journal_priorities_when_stderr_is_the_journal() {
+    let model = fixture("cloud.json");
+    let model = model.to_str().unwrap();
+    let run = [
+        "run",
+        "--dataplane",
+        "memory",
+        "--node",
+        "nc-1",
+        "--model",
+        model,
+        "--once",
+    ];
+    let lines = stderr_lines(&run, true);
+    assert!(lines.iter().any(|l| l.starts_with("<6>")), "{lines:?}");
+    assert!(lines.iter().any(|l| l.starts_with("<7>")), "{lines:?}");
+    for line in &lines {
+        let level = match &line[..3] {
+            "<3>" => "ERROR",
+            "<4>" => "WARN",
+            "<6>" => "INFO",
+            "<7>" => "DEBUG",
+            _ => panic!("no priority prefix: {line}"),
+        };
+        assert!(line[3..].trim_start().starts_with(level), "{line}");
+    }
+    let failed = stderr_lines(
+        &["apply", "--node", "nc-1", "--model", "/nonexistent.json"],
+        true,
+    );
+    assert!(
+        failed.iter().any(|l| l.starts_with("<3>edgenetd: ")),
+        "{failed:?}"
+    );
+
+    // Elsewhere (another stream, a file, a terminal): plain lines, stamped.
+    let plain = stderr_lines(&run, false);
+    assert!(plain.iter().all(|l| !l.starts_with('<')), "{plain:?}");
+    assert!(
+        plain
+            .iter()
+            .any(|l| l.contains("INFO") && l.contains('T') && l.contains('Z')),
+        "{plain:?}"
+    );
+}
+
 /// A port nobody listens on right now.
 fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
