@@ -56,6 +56,12 @@ pub enum Command {
     /// computed when the view of the applied state can be had (--model FILE
     /// or an endpoint).
     Status(StatusArgs),
+    /// Remove everything of ours from the kernel: both nftables tables,
+    /// the routes of our protocol and the addresses we own (which needs the
+    /// view: --model FILE or an endpoint), nothing else.
+    ///
+    /// Stop the daemon first, or it puts them back. Exit 0 done, 1 error.
+    Cleanup(CleanupArgs),
     /// Print a synthetic cloud model (for benchmarks and load tests).
     GenModel(GenModelArgs),
 }
@@ -149,6 +155,15 @@ pub struct StatusArgs {
     pub source: SourceArgs,
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CleanupArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Remove nothing; print what would be removed.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -755,6 +755,63 @@ fn log_lines_carry_journal_priorities_when_stderr_is_the_journal() {
     );
 }
 
+/// `cleanup` removes our two tables, our routes and our addresses, and
+/// nothing else; `--dry-run` only says what it would remove.
+#[test]
+fn cleanup_removes_only_what_is_ours() {
+    let out = in_namespace(
+        r#"
+"$EDGENETD" apply --node nc-1 --model "$MODEL" > /dev/null || echo "apply failed"
+ip addr add 192.0.2.10/24 dev eth0
+ip route add 198.51.100.0/24 via 192.0.2.1 proto static
+nft add table inet other && nft add chain inet other keep
+echo "--- dry run"
+"$EDGENETD" cleanup --dry-run --node nc-1 --model "$MODEL"
+echo "rc=$?"
+nft list tables
+echo "--- cleanup"
+"$EDGENETD" cleanup --node nc-1 --model "$MODEL"
+echo "rc=$?"
+echo "--- after"
+nft list tables
+ip route show proto 159 | sed 's/^/ours: /'
+ip route show
+ip -4 addr show | grep inet
+"#,
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    let section = |name: &str| -> String {
+        let start = stdout
+            .find(&format!("--- {name}\n"))
+            .unwrap_or_else(|| panic!("{stdout}\n{stderr}"));
+        let rest = &stdout[start + name.len() + 5..];
+        rest[..rest.find("--- ").unwrap_or(rest.len())].to_string()
+    };
+    assert!(!stdout.contains("apply failed"), "{stderr}");
+    let dry = section("dry run");
+    assert!(dry.contains("- nft table inet edgenet\n"), "{dry}");
+    assert!(dry.contains("- nft table bridge edgenet\n"), "{dry}");
+    assert!(dry.contains("- route 10.200.0.0/16"), "{dry}");
+    assert!(dry.contains("- address 10.1.0.1/16 dev br0"), "{dry}");
+    assert!(
+        !dry.contains("192.0.2.10") && !dry.contains("198.51.100"),
+        "{dry}"
+    );
+    assert!(
+        dry.contains("rc=0\n") && dry.contains("table inet edgenet\n"),
+        "nothing removed: {dry}"
+    );
+    let done = section("cleanup");
+    assert!(done.contains("rc=0\n"), "{done}\n{stderr}");
+    let after = section("after");
+    assert!(!after.contains("edgenet"), "{after}");
+    assert!(after.contains("table inet other"), "{after}");
+    assert!(!after.contains("ours: "), "{after}");
+    assert!(after.contains("198.51.100.0/24 via 192.0.2.1"), "{after}");
+    assert!(after.contains("192.0.2.10/24"), "{after}");
+    assert!(!after.contains("10.1.0.1/16"), "{after}");
+}
+
 /// A port nobody listens on right now.
 fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -224,6 +224,31 @@ impl LinuxDataplane {
         self.config.nft.apply(&batch).await
     }
 
+    /// Makes `changes`, the diff of a read against nothing wanted, and
+    /// records no state id (`edgenetd cleanup`); returns what the kernel
+    /// would not take.
+    pub async fn remove_ours<'a>(
+        &mut self,
+        changes: &ChangeSet<'a>,
+    ) -> Result<Vec<super::DeferredChange<'a>>, DataplaneError> {
+        let limit = self.config.call_timeout;
+        let links = bounded(
+            limit,
+            "netlink link dump",
+            netlink::read_links(&self.handle),
+        )
+        .await?;
+        let netlink_changes: Vec<&Change> = changes.netlink_changes().collect();
+        let removal = netlink::apply(&self.handle, &links, &netlink_changes);
+        let (_, deferred) = bounded(limit, "netlink apply", removal).await?;
+        let nft_changes: Vec<&Change> = changes.nft_changes().collect();
+        let batch =
+            nft::build_transaction(&nft_changes, &KernelState::default(), &|_, _| None, None);
+        bounded(limit, "nft transaction", self.config.nft.apply(&batch)).await?;
+        self.recorded_state_id = None;
+        Ok(deferred)
+    }
+
     /// Tell the monitor what is ours now. After a full read it takes a
     /// copy of the desired routes and addresses; between reads the desired
     /// state moves only by the changes we make, so it follows those
