@@ -30,6 +30,11 @@ pub enum OutputFormat {
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log filter: a level (error, warn, info, debug, trace) or a tracing
+    /// filter such as info,edgenet_agent=debug [default: EDGENET_LOG, then
+    /// RUST_LOG, then info].
+    #[arg(long, global = true, value_name = "FILTER")]
+    pub log_level: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -15,7 +15,10 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) => return usage_error(error),
     };
-    init_logging();
+    if let Err(error) = init_logging(cli.log_level.as_deref()) {
+        eprintln!("edgenetd: --log-level: {error} (see edgenetd --help)");
+        return ExitCode::from(1);
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -60,13 +63,17 @@ fn usage_error(error: clap::Error) -> ExitCode {
     ExitCode::from(1)
 }
 
-fn init_logging() {
+/// `flag` (`--log-level`) must parse; the variables fall back to `info`.
+fn init_logging(flag: Option<&str>) -> Result<(), String> {
     use tracing_subscriber::EnvFilter;
-    let filter = std::env::var("EDGENET_LOG")
-        .ok()
-        .or_else(|| std::env::var("RUST_LOG").ok())
-        .and_then(|f| EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
+    let filter = match flag {
+        Some(flag) => EnvFilter::try_new(flag).map_err(|e| e.to_string())?,
+        None => std::env::var("EDGENET_LOG")
+            .ok()
+            .or_else(|| std::env::var("RUST_LOG").ok())
+            .and_then(|f| EnvFilter::try_new(f).ok())
+            .unwrap_or_else(|| EnvFilter::new("info")),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -85,6 +92,7 @@ fn init_logging() {
     } else {
         builder.with_ansi(std::io::stderr().is_terminal()).init();
     }
+    Ok(())
 }
 
 /// Whether stderr is the journal's stream: systemd sets `JOURNAL_STREAM`

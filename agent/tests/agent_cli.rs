@@ -720,6 +720,15 @@ fn log_lines_carry_journal_priorities_when_stderr_is_the_journal() {
         };
         assert!(line[3..].trim_start().starts_with(level), "{line}");
     }
+    // --log-level overrides EDGENET_LOG (debug here).
+    let quiet: Vec<&str> = run.iter().copied().chain(["--log-level", "warn"]).collect();
+    let quiet = stderr_lines(&quiet, true);
+    assert!(
+        quiet
+            .iter()
+            .all(|l| !l.starts_with("<6>") && !l.starts_with("<7>")),
+        "{quiet:?}"
+    );
     let failed = stderr_lines(
         &["apply", "--node", "nc-1", "--model", "/nonexistent.json"],
         true,
