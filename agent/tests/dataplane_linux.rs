@@ -385,6 +385,14 @@ fn a_flushed_ruleset_is_repaired_at_once_and_counted() {
         eprintln!("flushed ruleset repaired after {:?}", flushed.elapsed());
         let state = exec("nft list chain inet edgenet state");
         assert!(state.contains("v1-flush"), "{state}");
+        // The repair's own write is no new drift: no loop.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(metrics.drift_repairs(), 1, "one repair, no loop");
+        assert_eq!(
+            metrics.render_passes().0,
+            2,
+            "the first apply and the repair"
+        );
         stop.send_replace(true);
         task.await.unwrap().unwrap();
     });
