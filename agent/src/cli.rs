@@ -30,6 +30,11 @@ pub enum OutputFormat {
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log filter: a level (error, warn, info, debug, trace) or a tracing
+    /// filter such as info,edgenet_agent=debug [default: EDGENET_LOG, then
+    /// RUST_LOG, then info].
+    #[arg(long, global = true, value_name = "FILTER")]
+    pub log_level: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -48,11 +53,20 @@ pub enum Command {
     Plan(PlanArgs),
     /// Apply one snapshot from a model file, then exit (0 ok, 1 error).
     Apply(ApplyArgs),
-    /// What is applied: state id, object counts and drift.
+    /// What is applied: state id, object counts, drift and the sysctls
+    /// forwarding needs.
     ///
-    /// Exit status: 0 in sync, 2 drift, 1 error. Drift is computed when the
-    /// view of the applied state can be had (--model FILE or an endpoint).
+    /// Exit status: 0 in sync, 2 drift (or IPv4 forwarding or
+    /// bridge-nf-call-iptables off), 1 error or nothing applied. Drift is
+    /// computed when the view of the applied state can be had (--model FILE
+    /// or an endpoint).
     Status(StatusArgs),
+    /// Remove everything of ours from the kernel: both nftables tables,
+    /// the routes of our protocol and the addresses we own (which needs the
+    /// view: --model FILE or an endpoint), nothing else.
+    ///
+    /// Stop the daemon first, or it puts them back. Exit 0 done, 1 error.
+    Cleanup(CleanupArgs),
     /// Print a synthetic cloud model (for benchmarks and load tests).
     GenModel(GenModelArgs),
 }
@@ -146,6 +160,15 @@ pub struct StatusArgs {
     pub source: SourceArgs,
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CleanupArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Remove nothing; print what would be removed.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -15,7 +15,10 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) => return usage_error(error),
     };
-    init_logging();
+    if let Err(error) = init_logging(cli.log_level.as_deref()) {
+        eprintln!("edgenetd: --log-level: {error} (see edgenetd --help)");
+        return ExitCode::from(1);
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -24,7 +27,8 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
             // Our errors carry their cause in their message already.
-            eprintln!("edgenetd: {}", one_line(&error.to_string()));
+            let priority = if stderr_is_the_journal() { "<3>" } else { "" };
+            eprintln!("{priority}edgenetd: {}", one_line(&error.to_string()));
             ExitCode::from(1)
         }
     }
@@ -59,17 +63,79 @@ fn usage_error(error: clap::Error) -> ExitCode {
     ExitCode::from(1)
 }
 
-fn init_logging() {
+/// `flag` (`--log-level`) must parse; the variables fall back to `info`.
+fn init_logging(flag: Option<&str>) -> Result<(), String> {
     use tracing_subscriber::EnvFilter;
-    let filter = std::env::var("EDGENET_LOG")
-        .ok()
-        .or_else(|| std::env::var("RUST_LOG").ok())
-        .and_then(|f| EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let filter = match flag {
+        Some(flag) => EnvFilter::try_new(flag).map_err(|e| e.to_string())?,
+        None => std::env::var("EDGENET_LOG")
+            .ok()
+            .or_else(|| std::env::var("RUST_LOG").ok())
+            .and_then(|f| EnvFilter::try_new(f).ok())
+            .unwrap_or_else(|| EnvFilter::new("info")),
+    };
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
+        .with_target(false);
+    if stderr_is_the_journal() {
+        // journald stamps each line itself and reads the priority from the
+        // sd-daemon prefix (sd-daemon(3)).
+        builder
+            .with_ansi(false)
+            .event_format(JournalPrefix(
+                tracing_subscriber::fmt::format()
+                    .without_time()
+                    .with_target(false),
+            ))
+            .init();
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
+    Ok(())
+}
+
+/// Whether stderr is the journal's stream: systemd sets `JOURNAL_STREAM`
+/// to its `device:inode`, which a redirection would not keep
+/// (systemd.exec(5)).
+fn stderr_is_the_journal() -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let Ok(stream) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(stderr) = std::io::stderr().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    let Ok(metadata) = std::fs::File::from(stderr).metadata() else {
+        return false;
+    };
+    stream == format!("{}:{}", metadata.dev(), metadata.ino())
+}
+
+/// Puts the sd-daemon priority prefix (`<3>` error ... `<7>` debug) before
+/// each line of the inner format.
+struct JournalPrefix<F>(F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for JournalPrefix<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let priority = match *event.metadata().level() {
+            tracing::Level::ERROR => 3,
+            tracing::Level::WARN => 4,
+            tracing::Level::INFO => 6,
+            _ => 7,
+        };
+        write!(writer, "<{priority}>")?;
+        self.0.format_event(ctx, writer, event)
+    }
 }

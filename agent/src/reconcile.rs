@@ -17,14 +17,19 @@ use rand::Rng;
 use tokio::sync::{mpsc, watch};
 
 use crate::dataplane::{Dataplane, DataplaneError};
-use crate::desired::{AddressEntry, DriftEvent, KernelState, RouteKey, RouteSpec};
-use crate::diff::{diff, Change, ChangeSet};
+use crate::desired::{DriftEvent, KernelState};
+use crate::diff::{diff, ChangeSet};
 use crate::ops::heap;
 use crate::ops::metrics::Metrics;
-use crate::ops::notify::SystemdNotifier;
+use crate::ops::notify::{Heartbeat, SystemdNotifier};
 use crate::render::incremental::{self, Baseline};
 use crate::render::RenderSettings;
 use crate::snapshot::{Feedback, Snapshot, SnapshotReceiver};
+
+mod after;
+
+pub use after::forget_rule_statements;
+use after::{log_deferred, log_sysctl_problem, name_few, KernelAfter};
 use edgenet_model::backoff::Backoff;
 use edgenet_model::protocol::{RETRY_BACKOFF_MAX, RETRY_BACKOFF_MIN};
 
@@ -39,6 +44,9 @@ pub struct ReconcileSettings {
     pub once: bool,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// How often the loop beats its heartbeat while it waits (the
+    /// watchdog pings only while the beat is fresh).
+    pub heartbeat: Duration,
 }
 
 impl ReconcileSettings {
@@ -50,6 +58,7 @@ impl ReconcileSettings {
             once: false,
             backoff_min: RETRY_BACKOFF_MIN,
             backoff_max: RETRY_BACKOFF_MAX,
+            heartbeat: Duration::from_secs(1),
         }
     }
 }
@@ -80,6 +89,7 @@ pub struct Reconciler {
     metrics: Arc<Metrics>,
     feedback: watch::Sender<Feedback>,
     notifier: SystemdNotifier,
+    heartbeat: Heartbeat,
     /// The kernel as we believe it is; `None` = read it in full first.
     actual: Option<KernelState>,
     /// What the last apply rendered, for an incremental pass; `None` when
@@ -100,6 +110,13 @@ pub struct Reconciler {
     /// Routes of the view another protocol holds, as of the last full
     /// pass: reported through ApplyError.
     route_conflicts: Vec<String>,
+    /// What the monitors said vanished since the last successful pass.
+    /// A flushed ruleset takes our state id with it, so this, not the id,
+    /// tells the repair of the applied state from a first apply.
+    drift_seen: Vec<String>,
+    /// Each sysctl forwarding needs, with its problem at the last check:
+    /// a problem is logged when it appears or changes, not at every pass.
+    sysctls: std::collections::BTreeMap<String, Option<String>>,
 }
 
 impl Reconciler {
@@ -116,6 +133,7 @@ impl Reconciler {
             metrics,
             feedback,
             notifier: SystemdNotifier::new(),
+            heartbeat: Heartbeat::default(),
             actual: None,
             baseline: None,
             target: None,
@@ -123,6 +141,8 @@ impl Reconciler {
             retry_at: None,
             deferred: Vec::new(),
             route_conflicts: Vec::new(),
+            drift_seen: Vec::new(),
+            sysctls: Default::default(),
             dirty: false,
             render_left_out: Vec::new(),
         };
@@ -153,6 +173,26 @@ impl Reconciler {
         }
     }
 
+    /// The loop's heartbeat, for the watchdog.
+    pub fn heartbeat(&self) -> Heartbeat {
+        self.heartbeat.clone()
+    }
+
+    /// At start, before any view: READY, with a STATUS saying what the node
+    /// runs on. A controller that is down must not time the start out (the
+    /// unit would restart every start timeout, never tripping its start
+    /// limit), so READY does not wait for a view: on a restart the kernel's
+    /// applied state is adopted (fail static), and a first boot says it
+    /// waits for its first view. `held`: the state id the kernel holds.
+    pub fn announce_start(&mut self, held: Option<&str>) {
+        let status = match held {
+            Some(id) => format!("running on the last applied state {id}; waiting for the view"),
+            None => "waiting for the first view: nothing applied yet".to_string(),
+        };
+        tracing::info!("{status}");
+        self.notifier.ready(&status);
+    }
+
     /// Runs until `shutdown` turns true (or, with `once`, until the first
     /// snapshot is applied). The kernel is left as it is on return.
     pub async fn run(
@@ -167,11 +207,14 @@ impl Reconciler {
         let mut drift_open = true;
         let mut resync_at = tokio::time::Instant::now() + self.resync_wait();
         let mut last = None;
+        let mut beat = tokio::time::interval(self.settings.heartbeat);
         loop {
+            self.heartbeat.beat();
             let retry_at = self.retry_at;
             tokio::select! {
                 biased;
                 _ = shutdown.wait_for(|stop| *stop) => return Ok(last),
+                _ = beat.tick() => continue,
                 changed = snapshots.changed() => {
                     if changed.is_err() {
                         return if last.is_some() { Ok(last) } else { Err(ReconcileError::NoSnapshot) };
@@ -235,7 +278,12 @@ impl Reconciler {
         while let Ok(more) = drift.try_recv() {
             objects.push(more.object);
         }
-        tracing::warn!(count = objects.len(), first = %objects[0], "drift detected; resyncing");
+        tracing::warn!(
+            count = objects.len(),
+            "drift detected, resyncing: {}",
+            name_few(&objects)
+        );
+        self.drift_seen.extend(objects);
         self.actual = None;
         self.dirty = true;
     }
@@ -351,6 +399,7 @@ impl Reconciler {
         target: &Arc<Snapshot>,
         actual: KernelState,
     ) -> Result<Pass, DataplaneError> {
+        self.check_sysctls();
         let state_id = target.state_id.as_str();
         let Some(rendered) = target.render(&self.settings.render) else {
             self.actual = Some(actual);
@@ -376,12 +425,21 @@ impl Reconciler {
         self.route_conflicts.clone_from(&report.route_conflicts);
         // Changes for the id the kernel already records: someone changed
         // what we had applied, and this put it back.
-        let retrying_deferred = changes
-            .changes
-            .iter()
-            .all(|c| self.deferred.contains(&c.line()));
-        if actual.state_id.as_deref() == Some(state_id) && !retrying_deferred {
-            tracing::warn!(changes = changes.len(), "repaired drift");
+        let retrying_deferred = !changes.is_empty()
+            && changes
+                .changes
+                .iter()
+                .all(|c| self.deferred.contains(&c.line()));
+        // Or the monitors saw something of the state in force vanish (with
+        // a flushed ruleset, its id too).
+        let in_force = self.feedback.borrow().applied_state_id.as_deref() == Some(state_id);
+        let seen = !self.drift_seen.is_empty() && in_force;
+        if (seen || actual.state_id.as_deref() == Some(state_id)) && !retrying_deferred {
+            tracing::warn!(
+                changes = changes.len(),
+                vanished = %name_few(&self.drift_seen),
+                "repaired drift"
+            );
             self.metrics.drift_repaired();
         }
         self.deferred = report.deferred.iter().map(|d| d.change.line()).collect();
@@ -395,8 +453,31 @@ impl Reconciler {
         Ok(Pass::in_full(made))
     }
 
+    /// At each full pass: the sysctls forwarding needs, to the metrics and,
+    /// when a problem appears or goes, to the log.
+    fn check_sysctls(&mut self) {
+        for check in self.dataplane.check_sysctls() {
+            self.metrics
+                .set_sysctl_ok(&check.name, check.problem.is_none());
+            let before = self
+                .sysctls
+                .insert(check.name.clone(), check.problem.clone());
+            if before.as_ref() == Some(&check.problem) {
+                continue;
+            }
+            match &check.problem {
+                Some(problem) => log_sysctl_problem(&check.name, problem),
+                None if before.is_some() => {
+                    tracing::info!(sysctl = %check.name, "sysctl {} is as needed now", check.name)
+                }
+                None => {}
+            }
+        }
+    }
+
     fn succeeded(&mut self, target: &Snapshot, changes: usize, took: Duration) {
         self.dirty = false;
+        self.drift_seen.clear();
         self.backoff.reset();
         let objects = self
             .actual
@@ -491,100 +572,6 @@ impl Pass {
     }
 }
 
-/// Drops the statements of every rule, keeping their hashes: the diff
-/// compares rules by hash only (as read back from the kernel, rules carry
-/// no statements either), and the statements of 10,000 instances' chains
-/// are most of a cached state's memory.
-pub fn forget_rule_statements(state: &mut KernelState) {
-    for table in state.tables.values_mut() {
-        for chain in table.chains.values_mut() {
-            for rule in &mut chain.rules {
-                rule.statements = Vec::new();
-            }
-        }
-    }
-}
-
-/// What the kernel holds after an apply, built from the desired state
-/// rather than by copying the changes into the old actual state: after a
-/// successful apply the kernel is the desired state, except for the changes
-/// it deferred and the addresses that are not ours. So one copy of the state
-/// is kept (moved, not cloned), and only those few differences are owned
-/// here while the change set, which borrows both states, is dropped.
-#[derive(Default)]
-struct KernelAfter {
-    routes_absent: Vec<RouteKey>,
-    routes_kept: Vec<(RouteKey, RouteSpec)>,
-    addresses_absent: Vec<AddressEntry>,
-    addresses_kept: Vec<AddressEntry>,
-}
-
-impl KernelAfter {
-    fn new(actual: &KernelState, desired: &KernelState, deferred: &[Change<'_>]) -> Self {
-        let mut after = KernelAfter::default();
-        for change in deferred {
-            match *change {
-                Change::AddRoute { key, .. } => after.routes_absent.push(key.clone()),
-                Change::ChangeRoute { key, old: spec, .. } | Change::RemoveRoute { key, spec } => {
-                    after.routes_kept.push((key.clone(), spec.clone()))
-                }
-                Change::AddAddress(entry) => after.addresses_absent.push(entry.clone()),
-                Change::RemoveAddress(entry) => after.addresses_kept.push(entry.clone()),
-                // nft changes are all or nothing: never deferred.
-                _ => {}
-            }
-        }
-        // Addresses that are not ours stay as the kernel has them.
-        let foreign = actual
-            .addresses
-            .difference(&desired.addresses)
-            .filter(|entry| !desired.ownership.owns(entry));
-        after.addresses_kept.extend(foreign.cloned());
-        after
-    }
-
-    fn apply(self, desired: KernelState, state_id: &str) -> KernelState {
-        let mut state = desired;
-        for key in &self.routes_absent {
-            state.routes.remove(key);
-        }
-        state.routes.extend(self.routes_kept);
-        for entry in &self.addresses_absent {
-            state.addresses.remove(entry);
-        }
-        state.addresses.extend(self.addresses_kept);
-        state.ownership = Default::default();
-        state.state_id = Some(state_id.to_string());
-        forget_rule_statements(&mut state);
-        state
-    }
-}
-
-/// One line for all deferred changes (10,000 addresses on a missing device
-/// must not be 10,000 log lines at every resync), naming the first few.
-fn log_deferred(deferred: &[crate::dataplane::DeferredChange]) {
-    const NAMED: usize = 3;
-    if deferred.is_empty() {
-        return;
-    }
-    let named: Vec<String> = deferred
-        .iter()
-        .take(NAMED)
-        .map(|d| format!("{} ({})", d.change.line(), d.reason))
-        .collect();
-    let more = deferred.len().saturating_sub(NAMED);
-    let more = if more > 0 {
-        format!("; and {more} more")
-    } else {
-        String::new()
-    };
-    tracing::warn!(
-        count = deferred.len(),
-        "changes deferred to the next resync: {}{more}",
-        named.join("; ")
-    );
-}
-
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -600,6 +587,11 @@ pub async fn apply_once(
     snapshot: &Snapshot,
     settings: &RenderSettings,
 ) -> Result<String, DataplaneError> {
+    for check in dataplane.check_sysctls() {
+        if let Some(problem) = &check.problem {
+            log_sysctl_problem(&check.name, problem);
+        }
+    }
     let actual = dataplane.read().await?;
     let from = actual.state_id.as_deref();
     let Some(rendered) = snapshot.render(settings) else {

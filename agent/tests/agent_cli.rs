@@ -234,7 +234,7 @@ fn apply_and_status_on_the_memory_dataplane() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(text(&out.stdout).starts_with("nc-1: none -> v1-"));
 
-    // A fresh memory dataplane holds nothing: in sync, nothing applied.
+    // A fresh memory dataplane holds nothing: nothing applied, exit 1.
     let out = edgenetd(&[
         "status",
         "--dataplane",
@@ -244,7 +244,7 @@ fn apply_and_status_on_the_memory_dataplane() {
         "--output",
         "json",
     ]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["node"], "nc-1");
     assert!(doc["applied_state_id"].is_null());
@@ -414,59 +414,402 @@ echo "rc=$?"
     assert_eq!(lines.last(), Some(&"rc=2"));
 }
 
-/// systemd's notify protocol: READY=1 with a STATUS= naming the state id
-/// after the first apply, WATCHDOG=1 at half of WATCHDOG_USEC, STOPPING=1.
+fn assert_root_and_nft() {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| text(&o.stdout).trim() == "0");
+    // Without root or nft these tests cannot prove anything: fail, never pass.
+    assert!(
+        root.unwrap_or(false),
+        "needs root to make a network namespace"
+    );
+    assert!(
+        Command::new("nft").arg("--version").output().is_ok(),
+        "needs nft (the nftables package; scripts/test-all.sh installs it)"
+    );
+}
+
+/// Runs `script` (bash) in a network and mount namespace of its own, on a
+/// node like the fixture's (`br0`, `eth0`), with `$EDGENETD` and `$MODEL`.
+fn in_namespace(script: &str) -> Output {
+    assert_root_and_nft();
+    let setup = "set -e\nip link set lo up\n\
+        ip link add br0 type bridge && ip link set br0 up\n\
+        ip link add eth0 type veth peer name eth0-peer && ip link set eth0 up && ip link set eth0-peer up\n\
+        set +e\n";
+    Command::new("unshare")
+        .args(["-n", "-m", "bash", "-c", &format!("{setup}{script}")])
+        .env("EDGENETD", env!("CARGO_BIN_EXE_edgenetd"))
+        .env("MODEL", fixture("cloud.json"))
+        .env_remove("EDGENET_CONFIG")
+        .output()
+        .unwrap()
+}
+
+/// Forwarding off and a read-only /proc/sys (systemd's
+/// ProtectKernelTunables) with manage_sysctls on: the daemon warns, naming
+/// the key, and applies the rest; `status` shows it and exits 2.
 #[test]
-fn notifies_systemd() {
-    use std::os::unix::net::UnixDatagram;
-    let dir = tempfile::tempdir().unwrap();
-    let socket_path = dir.path().join("notify.sock");
-    let socket = UnixDatagram::bind(&socket_path).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let model = fixture("cloud.json");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_edgenetd"))
-        .args(["run", "--dataplane", "memory", "--node", "nc-1", "--model"])
-        .arg(&model)
-        .env("NOTIFY_SOCKET", &socket_path)
-        .env("WATCHDOG_USEC", "200000")
-        .env_remove("WATCHDOG_PID")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut messages = Vec::new();
-    let mut buf = [0u8; 4096];
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline
-        && !(messages.iter().any(|m: &String| m.contains("READY=1"))
-            && messages.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 3)
-    {
-        let n = socket.recv(&mut buf).unwrap();
-        messages.push(String::from_utf8_lossy(&buf[..n]).to_string());
+fn sysctl_problems_are_reported_and_the_rest_applied() {
+    let out = in_namespace(
+        r#"
+echo 0 > /proc/sys/net/ipv4/ip_forward
+mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys
+timeout 20 "$EDGENETD" run --once --node nc-1 --model "$MODEL" > /dev/null
+echo "run rc=$?"
+"$EDGENETD" status --node nc-1 --model "$MODEL"
+echo "status rc=$?"
+"#,
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(stdout.contains("run rc=0\n"), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("WARN")
+            && stderr.contains("sysctl net.ipv4.ip_forward is 0, needs 1; cannot set it"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("applied state: v1-"), "{stdout}");
+    assert!(
+        stdout.contains("sysctl net.ipv4.ip_forward is 0, needs 1\n"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("status rc=2\n"), "{stdout}\n{stderr}");
+}
+
+/// A node where nothing was ever applied is not "in sync".
+#[test]
+fn status_says_nothing_applied_with_exit_1() {
+    let out = in_namespace(
+        r#"
+echo 1 > /proc/sys/net/ipv4/ip_forward
+"$EDGENETD" status --node nc-1 --model "$MODEL"
+echo "rc=$?"
+"$EDGENETD" status --output json
+echo "rc=$?"
+"#,
+    );
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines.contains(&"nothing applied"), "{stdout}");
+    assert!(!stdout.contains("in sync"), "{stdout}");
+    assert_eq!(
+        lines.iter().filter(|l| **l == "rc=1").count(),
+        2,
+        "{stdout}"
+    );
+    let json = lines.iter().find(|l| l.starts_with('{')).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(doc["applied_state_id"], serde_json::Value::Null);
+}
+
+/// A service manager's notify socket, as the tests' systemd.
+struct NotifySocket {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    socket: std::os::unix::net::UnixDatagram,
+    messages: Vec<String>,
+}
+
+impl NotifySocket {
+    fn new() -> NotifySocket {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        NotifySocket {
+            _dir: dir,
+            path,
+            socket,
+            messages: Vec::new(),
+        }
     }
+
+    /// Reads datagrams until one satisfies `wanted` (returned) or
+    /// `within` has passed (`None`); every datagram is kept in `messages`.
+    fn wait_for(&mut self, within: Duration, wanted: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = Instant::now() + within;
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            let Ok(n) = self.socket.recv(&mut buf) else {
+                continue;
+            };
+            let message = String::from_utf8_lossy(&buf[..n]).to_string();
+            self.messages.push(message.clone());
+            if wanted(&message) {
+                return Some(message);
+            }
+        }
+        None
+    }
+}
+
+fn terminate(child: &mut std::process::Child) {
     assert!(Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap()
         .success());
     assert!(child.wait().unwrap().success());
-    let n = socket.recv(&mut buf).unwrap();
-    messages.push(String::from_utf8_lossy(&buf[..n]).to_string());
+}
+
+/// First boot, nothing applied, the controller down: READY at once with a
+/// STATUS that says so, so the start does not time out and the unit does
+/// not flap; the agent keeps polling.
+#[test]
+fn first_boot_without_a_controller_is_ready_and_waits_for_the_first_view() {
+    let mut notify = NotifySocket::new();
+    let endpoint = format!("http://127.0.0.1:{}/", free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edgenetd"))
+        .args([
+            "run",
+            "--dataplane",
+            "memory",
+            "--node",
+            "nc-1",
+            "--endpoint",
+            &endpoint,
+        ])
+        .env("NOTIFY_SOCKET", &notify.path)
+        .env_remove("EDGENET_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ready = notify.wait_for(Duration::from_secs(10), |m| m.contains("READY=1"));
+    terminate(&mut child);
+    let ready = ready.unwrap_or_else(|| panic!("no READY: {:?}", notify.messages));
+    assert!(
+        ready.contains("STATUS=waiting for the first view"),
+        "{ready}"
+    );
+}
+
+/// A restart while the controller is down, on a kernel holding an applied
+/// state: the agent adopts it (fail static) and is ready at once, saying so.
+#[test]
+fn a_restart_with_the_controller_down_runs_on_the_last_applied_state() {
+    assert_root_and_nft();
+    let mut notify = NotifySocket::new();
+    let script = r#"
+set -e
+ip link set lo up
+ip link add br0 type bridge && ip link set br0 up
+ip link add eth0 type veth peer name eth0-peer && ip link set eth0 up && ip link set eth0-peer up
+"$EDGENETD" apply --node nc-1 --model "$MODEL" > /dev/null
+exec "$EDGENETD" run --node nc-1 --endpoint http://127.0.0.1:1/
+"#;
+    let mut child = Command::new("unshare")
+        .args(["-n", "bash", "-c", script])
+        .env("EDGENETD", env!("CARGO_BIN_EXE_edgenetd"))
+        .env("MODEL", fixture("cloud.json"))
+        .env("NOTIFY_SOCKET", &notify.path)
+        .env_remove("EDGENET_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ready = notify.wait_for(Duration::from_secs(10), |m| m.contains("READY=1"));
+    terminate(&mut child);
+    let ready = ready.unwrap_or_else(|| panic!("no READY: {:?}", notify.messages));
+    assert!(
+        ready.contains("STATUS=running on the last applied state v1-"),
+        "{ready}"
+    );
+}
+
+/// systemd's notify protocol: READY=1 at start, a STATUS= naming the state
+/// id after the first apply, WATCHDOG=1 at half of WATCHDOG_USEC, STOPPING=1.
+#[test]
+fn notifies_systemd() {
+    let mut notify = NotifySocket::new();
+    let model = fixture("cloud.json");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edgenetd"))
+        .args(["run", "--dataplane", "memory", "--node", "nc-1", "--model"])
+        .arg(&model)
+        .env("NOTIFY_SOCKET", &notify.path)
+        // Pings every millisecond: some always arrive around the stop.
+        .env("WATCHDOG_USEC", "2000")
+        .env_remove("WATCHDOG_PID")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let watchdogs =
+        |messages: &[String]| messages.iter().filter(|m| m.contains("WATCHDOG=1")).count();
+    let applied = notify.wait_for(Duration::from_secs(5), |m| m.contains("STATUS=applied v1-"));
+    assert!(applied.is_some(), "{:?}", notify.messages);
+    while watchdogs(&notify.messages) < 3 {
+        let ping = notify.wait_for(Duration::from_secs(5), |m| m.contains("WATCHDOG=1"));
+        assert!(ping.is_some(), "{:?}", notify.messages);
+    }
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    // Pings sent before the stop may still be queued ahead of STOPPING=1;
+    // reading them also keeps the agent's sends from blocking on a full
+    // socket.
+    let stopping = notify.wait_for(Duration::from_secs(5), |m| m.contains("STOPPING=1"));
+    assert!(child.wait().unwrap().success());
+    let messages = &notify.messages;
+    assert!(stopping.is_some(), "{messages:?}");
     let ready = messages
         .iter()
         .find(|m| m.contains("READY=1"))
         .expect("READY=1 sent");
-    assert!(ready.contains("STATUS=applied v1-"), "{messages:?}");
     assert!(
-        messages.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 3,
+        ready.contains("STATUS=waiting for the first view"),
         "{messages:?}"
     );
+    assert!(watchdogs(messages) >= 3, "{messages:?}");
+}
+
+/// Runs edgenetd with stderr into a file; `journal`: with JOURNAL_STREAM
+/// naming that file, as systemd names the journal's stream.
+fn stderr_lines(args: &[&str], journal: bool) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("stderr");
+    let file = std::fs::File::create(&path).unwrap();
+    let metadata = file.metadata().unwrap();
+    let stream = if journal {
+        format!("{}:{}", metadata.dev(), metadata.ino())
+    } else {
+        format!("{}:{}", metadata.dev(), metadata.ino() + 1)
+    };
+    Command::new(env!("CARGO_BIN_EXE_edgenetd"))
+        .args(args)
+        .env("JOURNAL_STREAM", stream)
+        .env("EDGENET_LOG", "debug")
+        .env_remove("EDGENET_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(file)
+        .status()
+        .unwrap();
+    std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Under systemd stderr is the journal: each line carries its priority as
+/// the sd-daemon prefix, and no timestamp of ours (journald stamps it).
+#[test]
+fn log_lines_carry_journal_priorities_when_stderr_is_the_journal() {
+    let model = fixture("cloud.json");
+    let model = model.to_str().unwrap();
+    let run = [
+        "run",
+        "--dataplane",
+        "memory",
+        "--node",
+        "nc-1",
+        "--model",
+        model,
+        "--once",
+    ];
+    let lines = stderr_lines(&run, true);
+    assert!(lines.iter().any(|l| l.starts_with("<6>")), "{lines:?}");
+    assert!(lines.iter().any(|l| l.starts_with("<7>")), "{lines:?}");
+    for line in &lines {
+        let level = match &line[..3] {
+            "<3>" => "ERROR",
+            "<4>" => "WARN",
+            "<6>" => "INFO",
+            "<7>" => "DEBUG",
+            _ => panic!("no priority prefix: {line}"),
+        };
+        assert!(line[3..].trim_start().starts_with(level), "{line}");
+    }
+    // --log-level overrides EDGENET_LOG (debug here).
+    let quiet: Vec<&str> = run.iter().copied().chain(["--log-level", "warn"]).collect();
+    let quiet = stderr_lines(&quiet, true);
     assert!(
-        messages.last().unwrap().contains("STOPPING=1"),
-        "{messages:?}"
+        quiet
+            .iter()
+            .all(|l| !l.starts_with("<6>") && !l.starts_with("<7>")),
+        "{quiet:?}"
     );
+    let failed = stderr_lines(
+        &["apply", "--node", "nc-1", "--model", "/nonexistent.json"],
+        true,
+    );
+    assert!(
+        failed.iter().any(|l| l.starts_with("<3>edgenetd: ")),
+        "{failed:?}"
+    );
+
+    // Elsewhere (another stream, a file, a terminal): plain lines, stamped.
+    let plain = stderr_lines(&run, false);
+    assert!(plain.iter().all(|l| !l.starts_with('<')), "{plain:?}");
+    assert!(
+        plain
+            .iter()
+            .any(|l| l.contains("INFO") && l.contains('T') && l.contains('Z')),
+        "{plain:?}"
+    );
+}
+
+/// `cleanup` removes our two tables, our routes and our addresses, and
+/// nothing else; `--dry-run` only says what it would remove.
+#[test]
+fn cleanup_removes_only_what_is_ours() {
+    let out = in_namespace(
+        r#"
+"$EDGENETD" apply --node nc-1 --model "$MODEL" > /dev/null || echo "apply failed"
+ip addr add 192.0.2.10/24 dev eth0
+ip route add 198.51.100.0/24 via 192.0.2.1 proto static
+nft add table inet other && nft add chain inet other keep
+echo "--- dry run"
+"$EDGENETD" cleanup --dry-run --node nc-1 --model "$MODEL"
+echo "rc=$?"
+nft list tables
+echo "--- cleanup"
+"$EDGENETD" cleanup --node nc-1 --model "$MODEL"
+echo "rc=$?"
+echo "--- after"
+nft list tables
+ip route show proto 159 | sed 's/^/ours: /'
+ip route show
+ip -4 addr show | grep inet
+"#,
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    let section = |name: &str| -> String {
+        let start = stdout
+            .find(&format!("--- {name}\n"))
+            .unwrap_or_else(|| panic!("{stdout}\n{stderr}"));
+        let rest = &stdout[start + name.len() + 5..];
+        rest[..rest.find("--- ").unwrap_or(rest.len())].to_string()
+    };
+    assert!(!stdout.contains("apply failed"), "{stderr}");
+    let dry = section("dry run");
+    assert!(dry.contains("- nft table inet edgenet\n"), "{dry}");
+    assert!(dry.contains("- nft table bridge edgenet\n"), "{dry}");
+    assert!(dry.contains("- route 10.200.0.0/16"), "{dry}");
+    assert!(dry.contains("- address 10.1.0.1/16 dev br0"), "{dry}");
+    assert!(
+        !dry.contains("192.0.2.10") && !dry.contains("198.51.100"),
+        "{dry}"
+    );
+    assert!(
+        dry.contains("rc=0\n") && dry.contains("table inet edgenet\n"),
+        "nothing removed: {dry}"
+    );
+    let done = section("cleanup");
+    assert!(done.contains("rc=0\n"), "{done}\n{stderr}");
+    let after = section("after");
+    assert!(!after.contains("edgenet"), "{after}");
+    assert!(after.contains("table inet other"), "{after}");
+    assert!(!after.contains("ours: "), "{after}");
+    assert!(after.contains("198.51.100.0/24 via 192.0.2.1"), "{after}");
+    assert!(after.contains("192.0.2.10/24"), "{after}");
+    assert!(!after.contains("10.1.0.1/16"), "{after}");
 }
 
 /// A port nobody listens on right now.

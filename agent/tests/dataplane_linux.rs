@@ -12,15 +12,19 @@ use std::future::Future;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use edgenet_agent::dataplane::linux::{LinuxConfig, LinuxDataplane};
 use edgenet_agent::dataplane::{Dataplane, DataplaneError};
 use edgenet_agent::desired::{DriftKind, Family, KernelState, NftChain, NftRule, Stmt, TableId};
 use edgenet_agent::diff::{diff, Change};
+use edgenet_agent::ops::metrics::Metrics;
+use edgenet_agent::reconcile::{ReconcileSettings, Reconciler};
 use edgenet_agent::render::{render, RenderSettings};
+use edgenet_agent::snapshot::{Feedback, Snapshot};
 use edgenet_model::{Instance, NodeView};
 use nix::sched::{setns, CloneFlags};
+use tokio::sync::watch;
 
 const VIEW: &str = include_str!("../src/dataplane/testdata/view-nc-1.json");
 
@@ -284,8 +288,14 @@ fn drift_of_route_chain_and_table_is_repaired() {
         );
         assert_eq!(converge(&mut dp, &want, "v1-d").await, 1);
 
-        // A flushed chain: found by the rule hashes, rewritten alone.
+        // A flushed chain: the nftables monitor names it; found by the rule
+        // hashes, rewritten alone.
         exec("nft flush chain inet edgenet sg_sg-web");
+        let event = tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .expect("a drift event in time")
+            .expect("monitor alive");
+        assert_eq!(event.object, "nft rules of chain inet edgenet sg_sg-web");
         let actual = dp.read().await.unwrap();
         let changes = diff(&actual, &want);
         let lines: Vec<String> = changes.changes.iter().map(Change::line).collect();
@@ -297,14 +307,207 @@ fn drift_of_route_chain_and_table_is_repaired() {
 
         // A deleted table: made again whole, state id included.
         exec("nft delete table inet edgenet");
+        let event = tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .expect("a drift event in time")
+            .expect("monitor alive");
+        assert_eq!(event.object, "nft table inet edgenet");
         assert!(converge(&mut dp, &want, "v1-d").await > 20);
         let back = dp.read().await.unwrap();
         assert!(diff(&back, &want).is_empty());
         assert_eq!(back.state_id.as_deref(), Some("v1-d"));
 
-        // Our own writes are no drift.
+        // Our own writes are no drift (their events have arrived by now).
+        tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(events.try_recv().is_err());
     });
+}
+
+/// Polls `condition` (async, so the loop under test keeps running) until it
+/// holds or `deadline` passes; says whether it held.
+async fn holds_before(deadline: Instant, mut condition: impl FnMut() -> bool) -> bool {
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `nft flush ruleset` (what Debian's nftables.service runs on restart and
+/// reload) takes our tables and their state id: the loop puts them back at
+/// once, not at the next periodic resync, and counts it as drift.
+#[test]
+fn a_flushed_ruleset_is_repaired_at_once_and_counted() {
+    let ns = NetNs::node("flush");
+    let name = ns.name.clone();
+    ns.run(move || async move {
+        let exec = |script: &str| run("ip", &["netns", "exec", &name, "sh", "-c", script]);
+        let dataplane = LinuxDataplane::new(config()).unwrap();
+        let metrics = Metrics::new();
+        let mut settings = ReconcileSettings::new("nc-1");
+        settings.resync = Duration::from_secs(3600);
+        let (reconciler, feedback) =
+            Reconciler::new(settings, Box::new(dataplane), metrics.clone());
+        let (snapshots, snapshot_rx) = watch::channel(None);
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(reconciler.run(snapshot_rx, stop_rx));
+        let snapshot = Snapshot::from_view("nc-1", "v1-flush".into(), &view());
+        snapshots.send_replace(Some(Arc::new(snapshot)));
+        let applied = |feedback: &watch::Receiver<Feedback>| {
+            feedback.borrow().applied_state_id.as_deref() == Some("v1-flush")
+        };
+        let soon = Instant::now() + Duration::from_secs(10);
+        assert!(
+            holds_before(soon, || applied(&feedback)).await,
+            "first apply"
+        );
+        // Our own writes settle without a repair.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(metrics.drift_repairs(), 0, "our own writes are no drift");
+
+        exec("nft flush ruleset");
+        let repaired = || {
+            let tables = exec("nft list tables");
+            tables.contains("inet edgenet")
+                && tables.contains("bridge edgenet")
+                && metrics.drift_repairs() == 1
+        };
+        let flushed = Instant::now();
+        assert!(
+            holds_before(flushed + Duration::from_secs(1), repaired).await,
+            "repaired and counted within 1 s (repairs: {})",
+            metrics.drift_repairs()
+        );
+        eprintln!("flushed ruleset repaired after {:?}", flushed.elapsed());
+        let state = exec("nft list chain inet edgenet state");
+        assert!(state.contains("v1-flush"), "{state}");
+        // The repair's own write is no new drift: no loop.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(metrics.drift_repairs(), 1, "one repair, no loop");
+        assert_eq!(
+            metrics.render_passes().0,
+            2,
+            "the first apply and the repair"
+        );
+        stop.send_replace(true);
+        task.await.unwrap().unwrap();
+    });
+}
+
+/// An `nft` that hangs on every transaction (listings still work): while
+/// it hangs the loop makes no progress, so the watchdog pings stop; the
+/// call's timeout then kills it and fails the pass, retried as a full
+/// resync, and the pings resume.
+#[test]
+fn a_hung_nft_times_out_and_withholds_the_watchdog_meanwhile() {
+    use edgenet_agent::dataplane::linux::NftRunner;
+    use edgenet_agent::ops::notify;
+    let ns = NetNs::node("hung");
+    let dir = tempfile::tempdir().unwrap();
+    let wrapper = dir.path().join("nft");
+    std::fs::write(
+        &wrapper,
+        "#!/bin/sh\ncase \"$*\" in *-f*) exec sleep 10;; *) exec nft \"$@\";; esac\n",
+    )
+    .unwrap();
+    run("chmod", &["+x", wrapper.to_str().unwrap()]);
+    let socket_path = dir.path().join("notify.sock");
+    // The notifications of this test process go to this socket.
+    std::env::set_var("NOTIFY_SOCKET", &socket_path);
+    ns.run(move || async move {
+        let socket = tokio::net::UnixDatagram::bind(&socket_path).unwrap();
+        let config = LinuxConfig {
+            nft: NftRunner {
+                program: wrapper.to_str().unwrap().into(),
+                prefix_args: Vec::new(),
+            },
+            nft_fast_path: false,
+            monitor: false,
+            call_timeout: Duration::from_millis(1500),
+            ..config()
+        };
+        let mut settings = ReconcileSettings::new("nc-1");
+        settings.resync = Duration::from_secs(3600);
+        settings.heartbeat = Duration::from_millis(20);
+        // The retry must not hang again while the test watches.
+        settings.backoff_min = Duration::from_secs(30);
+        settings.backoff_max = Duration::from_secs(30);
+        let dataplane = LinuxDataplane::new(config).unwrap();
+        let (reconciler, feedback) = Reconciler::new(settings, Box::new(dataplane), Metrics::new());
+        let period = Duration::from_millis(50);
+        tokio::spawn(notify::watchdog(period, reconciler.heartbeat(), period * 4));
+        let (snapshots, snapshot_rx) = watch::channel(None);
+        let (_stop, stop_rx) = watch::channel(false);
+        tokio::spawn(reconciler.run(snapshot_rx, stop_rx));
+        let mut pings = Pings {
+            socket,
+            buf: vec![0; 4096],
+        };
+        assert!(
+            pings.ping_within(Duration::from_secs(2)).await,
+            "pings while idle"
+        );
+
+        snapshots.send_replace(Some(Arc::new(Snapshot::from_view(
+            "nc-1",
+            "v1-hung".into(),
+            &view(),
+        ))));
+        // Until the pass is stuck: the last pings of the fresh beat.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        pings.drain();
+        let hung_since = Instant::now();
+        let failed = || feedback.borrow().apply_error.clone();
+        assert!(
+            !pings.ping_within(Duration::from_millis(600)).await,
+            "no ping while the nft transaction hangs"
+        );
+        assert!(failed().is_none(), "the timeout has not tripped yet");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        assert!(
+            holds_before(deadline, || failed().is_some()).await,
+            "the timeout trips"
+        );
+        let error = failed().unwrap();
+        assert!(
+            error.contains("nft transaction timed out after 1.5"),
+            "{error}"
+        );
+        eprintln!("hung nft cut after {:?}", hung_since.elapsed());
+        assert!(
+            pings.ping_within(Duration::from_secs(2)).await,
+            "pings resume"
+        );
+    });
+    std::env::remove_var("NOTIFY_SOCKET");
+}
+
+struct Pings {
+    socket: tokio::net::UnixDatagram,
+    buf: Vec<u8>,
+}
+
+impl Pings {
+    /// Whether a WATCHDOG=1 arrives within `within`.
+    async fn ping_within(&mut self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let received = tokio::time::timeout_at(deadline, self.socket.recv(&mut self.buf)).await;
+            match received {
+                Ok(Ok(n)) if self.buf[..n].starts_with(b"WATCHDOG=1") => return true,
+                Ok(_) => continue,
+                Err(_elapsed) => return false,
+            }
+        }
+    }
+
+    fn drain(&mut self) {
+        while self.socket.try_recv(&mut self.buf).is_ok() {}
+    }
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! becomes one line on stderr and an exit code in `main.rs`.
 
 pub mod apply;
+pub mod cleanup;
 pub mod dry_run;
 pub mod gen_model;
 pub mod plan;
@@ -35,6 +36,7 @@ pub async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Plan(args) => plan::plan(args).await,
         Command::Apply(args) => apply::apply(args).await,
         Command::Status(args) => status::status(args).await,
+        Command::Cleanup(args) => cleanup::cleanup(args).await,
         Command::GenModel(args) => gen_model::gen_model(args),
     }
 }

@@ -36,7 +36,10 @@ pub async fn run(args: RunArgs) -> Result<u8> {
     };
     let (shutdown_tx, shutdown) = watch::channel(false);
     let (reload_tx, reload) = watch::channel(0u64);
-    tokio::spawn(handle_signals(shutdown_tx, reload_tx));
+    // Installed before anything is announced: a SIGTERM right after READY
+    // must stop us cleanly, not kill us.
+    let signals = Signals::install()?;
+    tokio::spawn(handle_signals(signals, shutdown_tx, reload_tx));
     let (accepted_tx, accepted) = watch::channel(config.clone());
     tokio::spawn(follow_metrics_config(
         accepted,
@@ -103,15 +106,18 @@ async fn run_daemon(args: &RunArgs, config: &Config, node: &str, wiring: Wiring)
     settings.render = render_settings(config);
     settings.resync = config.resync_period();
     settings.once = args.once;
+    let watchdog = notify::watchdog_period();
+    if let Some(period) = watchdog {
+        settings.heartbeat = settings.heartbeat.min(period / 2);
+    }
     let metrics = wiring.sources.metrics.clone();
     let (mut reconciler, feedback_rx) = Reconciler::new(settings, dataplane, metrics);
     // The first poll still asks for the view (StateId empty): the view is
     // needed to check the kernel against it (drift while we were down) and
     // for later resyncs. The diff of an unchanged kernel is empty, so a
     // restart changes nothing; the server learns the applied id at once.
-    if let Some(held) = reconciler.read_applied_state_id().await.map_err(fatal)? {
-        tracing::info!(state_id = %held, "kernel holds a state applied earlier");
-    }
+    let held = reconciler.read_applied_state_id().await.map_err(fatal)?;
+    reconciler.announce_start(held.as_deref());
     let (snapshot_tx, snapshot_rx) = watch::channel(None);
     let source_task = tokio::spawn(wiring.sources.run(
         None,
@@ -119,8 +125,9 @@ async fn run_daemon(args: &RunArgs, config: &Config, node: &str, wiring: Wiring)
         feedback_rx,
         wiring.reload,
     ));
-    if let Some(period) = notify::watchdog_period() {
-        tokio::spawn(notify::watchdog(period));
+    if let Some(period) = watchdog {
+        // Stale after one whole watchdog interval (two ping periods).
+        tokio::spawn(notify::watchdog(period, reconciler.heartbeat(), period * 2));
     }
     let result = reconciler.run(snapshot_rx, wiring.shutdown).await;
     source_task.abort();
@@ -151,22 +158,36 @@ fn check_source(source: &SourceArgs, config: &Config) -> Result<()> {
     Ok(())
 }
 
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let install =
+            |kind| signal(kind).map_err(|e| anyhow!("cannot install signal handlers: {e}"));
+        Ok(Signals {
+            term: install(SignalKind::terminate())?,
+            int: install(SignalKind::interrupt())?,
+            hup: install(SignalKind::hangup())?,
+        })
+    }
+}
+
 /// SIGTERM/SIGINT stop; SIGHUP asks for a configuration reload.
-async fn handle_signals(shutdown: watch::Sender<bool>, reload: watch::Sender<u64>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
+async fn handle_signals(
+    mut signals: Signals,
+    shutdown: watch::Sender<bool>,
+    reload: watch::Sender<u64>,
+) {
     loop {
         tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = hup.recv() => {
+            _ = signals.term.recv() => break,
+            _ = signals.int.recv() => break,
+            _ = signals.hup.recv() => {
                 tracing::info!("SIGHUP: reloading the configuration");
                 reload.send_modify(|n| *n += 1);
             }

@@ -12,18 +12,44 @@ use crate::config::Config;
 use crate::desired::{AddressOwnership, KernelState};
 use crate::diff::diff;
 
+/// The kernel holds no state of ours (never applied, or all of it removed).
+const EXIT_NOTHING_APPLIED: u8 = 1;
+
 #[derive(serde::Serialize)]
 struct StatusReport {
     node: Option<String>,
     applied_state_id: Option<String>,
     objects: std::collections::BTreeMap<&'static str, usize>,
     drift: Vec<String>,
+    /// Sysctls forwarding needs that are not as needed.
+    sysctl_problems: Vec<SysctlProblem>,
+}
+
+#[derive(serde::Serialize)]
+struct SysctlProblem {
+    name: String,
+    problem: String,
+    /// Instances lose their traffic or security groups: exit 2.
+    critical: bool,
 }
 
 pub async fn status(args: StatusArgs) -> Result<u8> {
-    let config = load_config(&args.source)?;
+    let mut config = load_config(&args.source)?;
+    // `status` only looks: it never sets a sysctl.
+    config.dataplane.manage_sysctls = false;
     let mut dataplane = open_dataplane(args.source.dataplane, &config, false)?
         .ok_or_else(|| anyhow!("status needs a dataplane to read"))?;
+    let sysctl_problems = dataplane
+        .check_sysctls()
+        .into_iter()
+        .filter_map(|check| {
+            Some(SysctlProblem {
+                problem: check.problem?,
+                name: check.name,
+                critical: check.critical,
+            })
+        })
+        .collect();
     let kernel = dataplane.read().await?;
     let check = match (&kernel.state_id, config.node_id.as_deref()) {
         (Some(applied), Some(node)) if has_source(&args.source, &config) => {
@@ -47,13 +73,19 @@ pub async fn status(args: StatusArgs) -> Result<u8> {
         applied_state_id: kernel.state_id.clone(),
         objects,
         drift: check.map(|c| c.drift).unwrap_or_default(),
+        sysctl_problems,
     };
     let text = match args.output {
         OutputFormat::Json => serde_json::to_string(&report)? + "\n",
         OutputFormat::Text => status_text(&report),
     };
     write_stdout(&text)?;
-    Ok(if report.drift.is_empty() {
+    if report.applied_state_id.is_none() {
+        // Not "in sync": nothing of ours is in the kernel at all.
+        return Ok(EXIT_NOTHING_APPLIED);
+    }
+    let critical = report.sysctl_problems.iter().any(|p| p.critical);
+    Ok(if report.drift.is_empty() && !critical {
         0
     } else {
         EXIT_DIFFERENCES
@@ -113,7 +145,12 @@ fn status_text(report: &StatusReport) -> String {
     for (kind, n) in &report.objects {
         text.push_str(&format!("  {kind}: {n}\n"));
     }
-    if report.drift.is_empty() {
+    for sysctl in &report.sysctl_problems {
+        text.push_str(&format!("sysctl {} {}\n", sysctl.name, sysctl.problem));
+    }
+    if report.applied_state_id.is_none() {
+        text.push_str("nothing applied\n");
+    } else if report.drift.is_empty() {
         text.push_str("in sync\n");
     } else {
         text.push_str(&format!("drift: {} objects\n", report.drift.len()));

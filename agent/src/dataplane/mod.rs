@@ -42,6 +42,12 @@ pub trait Dataplane: Send {
         state_id: &str,
     ) -> Result<ApplyReport<'a>, DataplaneError>;
 
+    /// The sysctls forwarding needs, set first when the dataplane manages
+    /// them; never an error (a problem is reported, the rest applied).
+    fn check_sysctls(&mut self) -> Vec<SysctlCheck> {
+        Vec::new()
+    }
+
     /// Events for our routes and addresses removed or changed by someone
     /// else. `Some` once (the first call); `None` when there is no monitor.
     fn drift_events(&mut self) -> Option<mpsc::Receiver<DriftEvent>>;
@@ -62,9 +68,19 @@ pub struct ApplyReport<'a> {
     pub netlink_ops: usize,
     /// nft transactions run (0 or 1 per apply).
     pub nft_transactions: usize,
-    /// Sysctls that are not as we need them (set when `manage_sysctls`,
-    /// reported here when not).
-    pub sysctl_notes: Vec<String>,
+}
+
+/// One sysctl forwarding needs, as the dataplane found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SysctlCheck {
+    /// As `sysctl` names it: `net.ipv4.ip_forward`.
+    pub name: String,
+    /// Whether instances lose their traffic or security groups without it
+    /// (`status` then exits 2).
+    pub critical: bool,
+    /// What is wrong (off, missing, cannot be set); `None` when it is as
+    /// needed.
+    pub problem: Option<String>,
 }
 
 impl<'a> ApplyReport<'a> {
@@ -108,11 +124,10 @@ pub enum DataplaneError {
     #[error("cannot open network namespace {path}: {detail}")]
     Namespace { path: PathBuf, detail: String },
 
-    #[error("sysctl {name}: {source}")]
-    Sysctl {
-        name: String,
-        #[source]
-        source: std::io::Error,
+    #[error("{operation} timed out after {after:?}")]
+    Timeout {
+        operation: String,
+        after: std::time::Duration,
     },
 
     #[error("injected failure: {context}")]

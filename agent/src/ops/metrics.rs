@@ -32,6 +32,8 @@ struct Values {
     apply_seconds: Histogram,
     apply_failures: u64,
     objects: BTreeMap<String, usize>,
+    /// Each sysctl forwarding needs: whether it is as needed.
+    sysctls: BTreeMap<String, bool>,
     last_success: Option<SystemTime>,
 }
 
@@ -90,6 +92,11 @@ impl Metrics {
         let mut values = self.values();
         values.apply_seconds.observe(took.as_secs_f64());
         values.apply_failures += 1;
+    }
+
+    /// The latest check of one sysctl forwarding needs.
+    pub fn set_sysctl_ok(&self, name: &str, ok: bool) {
+        self.values().sysctls.insert(name.to_string(), ok);
     }
 
     pub fn drift_repaired(&self) {
@@ -186,6 +193,20 @@ impl Metrics {
         );
         for (kind, n) in &values.objects {
             let _ = writeln!(out, "edgenetd_objects{{kind=\"{}\"}} {n}", escape(kind));
+        }
+        family(
+            &mut out,
+            "edgenetd_sysctl_ok",
+            "gauge",
+            "Whether each sysctl forwarding needs is as needed (1) or not (0).",
+        );
+        for (name, ok) in &values.sysctls {
+            let _ = writeln!(
+                out,
+                "edgenetd_sysctl_ok{{name=\"{}\"}} {}",
+                escape(name),
+                u8::from(*ok)
+            );
         }
         family(
             &mut out,
@@ -366,6 +387,7 @@ mod tests {
             [("route".to_string(), 3)],
         );
         metrics.drift_repaired();
+        metrics.set_sysctl_ok("net.ipv4.ip_forward", false);
         let text = metrics.render();
         for line in [
             "edgenetd_polls_total{outcome=\"not_modified\"} 2",
@@ -376,6 +398,7 @@ mod tests {
             "edgenetd_apply_duration_seconds_count 1",
             "edgenetd_objects{kind=\"route\"} 3",
             "edgenetd_drift_repairs_total 1",
+            "edgenetd_sysctl_ok{name=\"net.ipv4.ip_forward\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
         }

@@ -1,9 +1,13 @@
-//! systemd notification (`Type=notify`): READY=1 once the node is in the
-//! state its view asks for, STATUS= with the state id, and the watchdog.
+//! systemd notification (`Type=notify`): READY=1 at start, once the
+//! kernel has been read (see `Reconciler::announce_start`: on the state
+//! applied earlier, or waiting for the first view), STATUS= with what is
+//! applied, and the watchdog.
 //!
 //! Outside systemd (`NOTIFY_SOCKET` unset) every call is a no-op.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use sd_notify::NotifyState;
 
@@ -18,7 +22,8 @@ impl SystemdNotifier {
         Self::default()
     }
 
-    /// After the first successful apply (or the first plan in dry-run).
+    /// At start (or the first plan in dry-run); later calls only update
+    /// STATUS.
     pub fn ready(&mut self, status: &str) {
         if !self.ready_sent {
             self.ready_sent = true;
@@ -63,12 +68,55 @@ pub fn watchdog_period() -> Option<Duration> {
     (usec > 0).then(|| Duration::from_micros(usec / 2))
 }
 
-/// Pings the watchdog forever at `period`, from the reconcile loop's
-/// runtime: if the runtime wedges, the pings stop and systemd restarts us.
-pub async fn watchdog(period: Duration) {
+/// When the reconcile loop last made progress: it beats while it waits
+/// and after each pass, and not while a pass is stuck.
+#[derive(Debug, Clone)]
+pub struct Heartbeat {
+    epoch: Instant,
+    /// Milliseconds from `epoch` to the last beat.
+    last: Arc<AtomicU64>,
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Heartbeat {
+            epoch: Instant::now(),
+            last: Arc::default(),
+        }
+    }
+}
+
+impl Heartbeat {
+    pub fn beat(&self) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.last.store(now, Ordering::Relaxed);
+    }
+
+    /// Time since the last beat.
+    pub fn age(&self) -> Duration {
+        let last = Duration::from_millis(self.last.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last)
+    }
+}
+
+/// Pings the watchdog at `period` while the reconcile loop's heartbeat is
+/// younger than `stale_after`. A pass stuck longer (an `nft` that hangs,
+/// until its timeout) withholds the pings, so systemd sees the loop, not
+/// just the runtime. Whatever longest pass a node has (a first apply of
+/// 50,000 instances takes about two minutes), `WatchdogSec` must exceed it.
+pub async fn watchdog(period: Duration, heartbeat: Heartbeat, stale_after: Duration) {
     let mut tick = tokio::time::interval(period);
+    let mut withheld = false;
     loop {
         tick.tick().await;
-        send(&[NotifyState::Watchdog]);
+        let age = heartbeat.age();
+        if age < stale_after {
+            if std::mem::take(&mut withheld) {
+                tracing::info!("reconcile loop progressing again; watchdog pings resumed");
+            }
+            send(&[NotifyState::Watchdog]);
+        } else if !std::mem::replace(&mut withheld, true) {
+            tracing::warn!(stalled_for = ?age, "reconcile loop stalled; withholding watchdog pings");
+        }
     }
 }

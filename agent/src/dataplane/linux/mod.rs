@@ -9,6 +9,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use rtnetlink::Handle;
@@ -25,6 +26,7 @@ use crate::diff::{Change, ChangeSet};
 pub mod monitor;
 pub mod netlink;
 pub mod nft;
+pub mod ruleset_monitor;
 pub mod sysctl;
 
 use nft::fast_path as nfnl;
@@ -46,7 +48,15 @@ pub struct LinuxConfig {
     /// runs through a prefix (another namespace or user): our socket would
     /// not write where `nft` does.
     pub nft_fast_path: bool,
+    /// Longest any one `nft` run or netlink exchange may take; an apply
+    /// gets [`TIMEOUT_PER_CHANGE`] more per change. A call that overruns
+    /// fails the pass, which the loop retries as a full resync.
+    pub call_timeout: Duration,
 }
+
+/// What a change adds to an apply's timeout: a first apply of 50,000
+/// instances (645,066 changes) takes about two minutes.
+pub const TIMEOUT_PER_CHANGE: Duration = Duration::from_millis(1);
 
 impl Default for LinuxConfig {
     fn default() -> Self {
@@ -57,7 +67,24 @@ impl Default for LinuxConfig {
             monitor: true,
             nft: NftRunner::default(),
             nft_fast_path: true,
+            call_timeout: Duration::from_secs(60),
         }
+    }
+}
+
+/// `call`, or a timeout error naming `operation` once `limit` has passed.
+/// Dropping the call kills an `nft` it runs (`kill_on_drop`).
+async fn bounded<T>(
+    limit: Duration,
+    operation: &str,
+    call: impl std::future::Future<Output = Result<T, DataplaneError>>,
+) -> Result<T, DataplaneError> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(result) => result,
+        Err(_) => Err(DataplaneError::Timeout {
+            operation: operation.to_string(),
+            after: limit,
+        }),
     }
 }
 
@@ -81,6 +108,9 @@ pub struct LinuxDataplane {
     watch_from_scratch: bool,
     counters: Arc<LinuxCounters>,
     watched: monitor::SharedWatched,
+    /// Our nftables writes under way, so the monitor does not take them
+    /// for drift.
+    own_nft_writes: Arc<ruleset_monitor::OwnWrites>,
     drift: Option<mpsc::Receiver<DriftEvent>>,
     tasks: Vec<JoinHandle<()>>,
     /// State id in the kernel as of our last read or write; `None` when
@@ -111,9 +141,14 @@ impl LinuxDataplane {
             })?;
         let mut tasks = vec![tokio::spawn(connection)];
         let watched = monitor::SharedWatched::default();
+        let own_nft_writes = Arc::default();
         let mut drift = None;
         if config.monitor {
-            let (rx, monitor_tasks) = monitor::start(config.route_protocol, watched.clone())?;
+            let (rx, monitor_tasks) = monitor::start(
+                config.route_protocol,
+                watched.clone(),
+                Arc::clone(&own_nft_writes),
+            )?;
             drift = Some(rx);
             tasks.extend(monitor_tasks);
         }
@@ -131,6 +166,7 @@ impl LinuxDataplane {
             watch_from_scratch: true,
             counters: Arc::default(),
             watched,
+            own_nft_writes,
             drift,
             tasks,
             recorded_state_id: None,
@@ -155,6 +191,10 @@ impl LinuxDataplane {
         desired: &KernelState,
         state: Option<&str>,
     ) -> Result<usize, DataplaneError> {
+        if changes.is_empty() && state.is_none() {
+            return Ok(0);
+        }
+        let _own = self.own_nft_writes.begin();
         if let Some(socket) = &self.nfnl {
             if let Some(batch) = nfnl::plan(changes, desired, state) {
                 if batch.messages() == 0 {
@@ -182,6 +222,31 @@ impl LinuxDataplane {
             |id: &TableId, name: &str| Some(maps.contains(&(id.clone(), name.to_string())));
         let batch = nft::build_transaction(changes, desired, &is_map, state);
         self.config.nft.apply(&batch).await
+    }
+
+    /// Makes `changes`, the diff of a read against nothing wanted, and
+    /// records no state id (`edgenetd cleanup`); returns what the kernel
+    /// would not take.
+    pub async fn remove_ours<'a>(
+        &mut self,
+        changes: &ChangeSet<'a>,
+    ) -> Result<Vec<super::DeferredChange<'a>>, DataplaneError> {
+        let limit = self.config.call_timeout;
+        let links = bounded(
+            limit,
+            "netlink link dump",
+            netlink::read_links(&self.handle),
+        )
+        .await?;
+        let netlink_changes: Vec<&Change> = changes.netlink_changes().collect();
+        let removal = netlink::apply(&self.handle, &links, &netlink_changes);
+        let deferred = bounded(limit, "netlink apply", removal).await?.deferred;
+        let nft_changes: Vec<&Change> = changes.nft_changes().collect();
+        let batch =
+            nft::build_transaction(&nft_changes, &KernelState::default(), &|_, _| None, None);
+        bounded(limit, "nft transaction", self.config.nft.apply(&batch)).await?;
+        self.recorded_state_id = None;
+        Ok(deferred)
     }
 
     /// Tell the monitor what is ours now. After a full read it takes a
@@ -221,16 +286,23 @@ impl LinuxDataplane {
 #[async_trait]
 impl Dataplane for LinuxDataplane {
     async fn read(&mut self) -> Result<KernelState, DataplaneError> {
-        let (tables, state_id) = self.config.nft.read().await?;
-        let links = netlink::read_links(&self.handle).await?;
+        let limit = self.config.call_timeout;
+        let (tables, state_id) = bounded(limit, "nft list", self.config.nft.read()).await?;
+        let links = bounded(
+            limit,
+            "netlink link dump",
+            netlink::read_links(&self.handle),
+        )
+        .await?;
         let routes = netlink::read_routes(
             &self.handle,
             &links,
             self.config.route_protocol,
             self.config.route_table,
-        )
-        .await?;
-        let addresses = netlink::read_addresses(&self.handle, &links).await?;
+        );
+        let routes = bounded(limit, "netlink route dump", routes).await?;
+        let addresses = netlink::read_addresses(&self.handle, &links);
+        let addresses = bounded(limit, "netlink address dump", addresses).await?;
         self.recorded_state_id = state_id.clone();
         self.maps_in_kernel = tables
             .iter()
@@ -261,11 +333,19 @@ impl Dataplane for LinuxDataplane {
         desired: &KernelState,
         state_id: &str,
     ) -> Result<ApplyReport<'a>, DataplaneError> {
-        let mut report = ApplyReport {
-            sysctl_notes: sysctl::ensure(self.config.manage_sysctls)?,
-            ..Default::default()
-        };
-        let links = netlink::read_links(&self.handle).await?;
+        let mut report = ApplyReport::default();
+        if self.config.manage_sysctls {
+            // Forwarding before the routes that need it; what cannot be set
+            // is reported by `check_sysctls`.
+            sysctl::ensure(true);
+        }
+        let limit = self.config.call_timeout;
+        let links = bounded(
+            limit,
+            "netlink link dump",
+            netlink::read_links(&self.handle),
+        )
+        .await?;
         let netlink_changes: Vec<&Change> = changes.netlink_changes().collect();
         // Tell the monitor first, so our own writes are not taken for drift.
         self.watch(desired, &netlink_changes, links.clone());
@@ -279,9 +359,21 @@ impl Dataplane for LinuxDataplane {
         // nft runs as a child process: let it work while this thread
         // drives netlink (neither depends on the other), so a full apply
         // costs about the longer of the two rather than their sum.
+        let (netlink_limit, nft_limit) = (
+            limit + TIMEOUT_PER_CHANGE * netlink_changes.len() as u32,
+            limit + TIMEOUT_PER_CHANGE * nft_changes.len() as u32,
+        );
         let (netlink_result, nft_result) = tokio::join!(
-            netlink::apply(&self.handle, &links, &netlink_changes),
-            self.write_nft(&nft_changes, desired, state)
+            bounded(
+                netlink_limit,
+                "netlink apply",
+                netlink::apply(&self.handle, &links, &netlink_changes)
+            ),
+            bounded(
+                nft_limit,
+                "nft transaction",
+                self.write_nft(&nft_changes, desired, state)
+            )
         );
         let netlink::NetlinkApplied {
             sent,
@@ -334,6 +426,10 @@ impl Dataplane for LinuxDataplane {
                 Err(error)
             }
         }
+    }
+
+    fn check_sysctls(&mut self) -> Vec<super::SysctlCheck> {
+        sysctl::ensure(self.config.manage_sysctls)
     }
 
     fn drift_events(&mut self) -> Option<mpsc::Receiver<DriftEvent>> {

@@ -5,6 +5,9 @@
 //! Our own writes cause events too. They are told apart by comparing with
 //! what we currently want: removing what we do not want, or adding what we
 //! do, is no drift.
+//!
+//! nftables has a monitor of its own (`ruleset_monitor`), sending into the
+//! same channel.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -17,6 +20,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::netlink::Links;
+use super::ruleset_monitor::{self, OwnWrites};
 use crate::dataplane::DataplaneError;
 use crate::desired::{AddressEntry, DriftEvent, DriftKind, RouteKey, RouteSpec};
 
@@ -30,10 +34,12 @@ pub struct Watched {
 
 pub type SharedWatched = Arc<Mutex<Watched>>;
 
-/// Start the monitor on the calling thread's network namespace.
+/// Start both monitors (routes and addresses; nftables) on the calling
+/// thread's network namespace.
 pub fn start(
     protocol: u8,
     watched: SharedWatched,
+    own_nft_writes: Arc<OwnWrites>,
 ) -> Result<(mpsc::Receiver<DriftEvent>, Vec<JoinHandle<()>>), DataplaneError> {
     let groups = [
         MulticastGroup::Ipv4Route,
@@ -47,6 +53,7 @@ pub fn start(
             detail: e.to_string(),
         })?;
     let (tx, rx) = mpsc::channel(256);
+    let ruleset_task = ruleset_monitor::start(own_nft_writes, tx.clone())?;
     let connection_task = tokio::spawn(connection);
     let events_task = tokio::spawn(async move {
         while let Some((message, _)) = messages.next().await {
@@ -64,7 +71,7 @@ pub fn start(
             }
         }
     });
-    Ok((rx, vec![connection_task, events_task]))
+    Ok((rx, vec![connection_task, events_task, ruleset_task]))
 }
 
 fn drift_of(message: &RouteNetlinkMessage, protocol: u8, watched: &Watched) -> Option<DriftEvent> {
