@@ -5,6 +5,7 @@ pub mod types;
 pub use types::*;
 pub mod addr;
 pub mod canonical;
+pub mod change;
 pub mod error;
 pub mod index;
 pub mod parse;
@@ -14,6 +15,7 @@ pub mod validate;
 pub mod view;
 
 pub use canonical::StateId;
+pub use change::{KindChange, ModelChange, RouteChange};
 pub use error::{Entity, ModelError, ValidationError, ValidationErrors};
 pub use index::{ModelIndex, ViewEntry};
 pub use parse::{parse_document, parse_model, parse_view};
