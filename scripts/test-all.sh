@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 log() { printf '==> %s\n' "$*" >&2; }
 
 install_system_packages() {
-  local wanted=(nftables iproute2 iputils-ping procps python3-pip systemd man-db dpkg openssl)
+  local wanted=(nftables iproute2 iputils-ping procps python3-pip systemd man-db dpkg openssl etcd-server protobuf-compiler)
   local missing=()
   for package in "${wanted[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
