@@ -74,60 +74,94 @@ pub async fn push_model(
     layout: &Layout,
     model: &CloudModel,
 ) -> Result<PushReport, PushError> {
-    let snapshot = read_newest(client, layout).await?;
-    let mut stored = snapshot.model;
-    // Keys written after the last commit (a push that failed half-way) are
-    // overwritten or deleted like the others, and the commit makes it whole.
-    let leftovers = !snapshot.uncommitted.is_empty();
-    stored.extend(snapshot.uncommitted);
-    let wanted = keep_route_names(entries_of(model), &stored);
-    let ops = writes(&stored, &wanted);
-    let mut report = PushReport {
-        puts: ops.iter().filter(|op| op.1.is_some()).count(),
-        deletes: ops.iter().filter(|op| op.1.is_none()).count(),
-        ..PushReport::default()
-    };
-    if ops.is_empty() && !leftovers {
-        return Ok(report);
-    }
-    let guard = Guard {
-        commit_key: layout.key(&Key::Commit),
-        commit_revision: snapshot.commit_revision.unwrap_or(0),
-        read_revision: snapshot.revision,
-    };
-    let batches = batch(ops);
-    let total =
-        batches.len() + usize::from(batches.last().is_none_or(|b| b.len() + 1 >= MAX_TXN_OPS));
-    for (written, batch) in batches.iter().enumerate() {
-        let with_commit = written + 1 == batches.len() && batch.len() + 1 < MAX_TXN_OPS;
-        if !guard.run(client, layout, batch, with_commit).await? {
-            let prefix = layout.prefix().to_owned();
-            return Err(PushError::Concurrent {
-                prefix,
-                written,
-                total,
-            });
-        }
-        report.transactions += 1;
-    }
-    if report.transactions < total {
-        if !guard.run(client, layout, &[], true).await? {
-            let prefix = layout.prefix().to_owned();
-            let written = report.transactions;
-            return Err(PushError::Concurrent {
-                prefix,
-                written,
-                total,
-            });
-        }
-        report.transactions += 1;
-    }
-    let answer = kv(client)
-        .get(guard.commit_key.clone(), None)
+    PushPlan::read(client, layout, model)
+        .await?
+        .write(client)
         .await
-        .map_err(StoreError::from)?;
-    report.commit_revision = answer.kvs().first().map(|kv| kv.mod_revision());
-    Ok(report)
+}
+
+/// The writes of one push, planned against one read of the store.
+pub struct PushPlan {
+    layout: Layout,
+    batches: Vec<Vec<Write>>,
+    /// Keys written after the last commit (a push that failed half-way):
+    /// overwritten or deleted like the others, and the commit makes the
+    /// model whole again, so a commit is due even with nothing to write.
+    leftovers: bool,
+    guard: Guard,
+    report: PushReport,
+}
+
+impl PushPlan {
+    /// Reads everything under the prefix and plans what differs.
+    pub async fn read(
+        client: &mut Client,
+        layout: &Layout,
+        model: &CloudModel,
+    ) -> Result<Self, PushError> {
+        let snapshot = read_newest(client, layout).await?;
+        let mut stored = snapshot.model;
+        let leftovers = !snapshot.uncommitted.is_empty();
+        stored.extend(snapshot.uncommitted);
+        let wanted = keep_route_names(entries_of(model), &stored);
+        let ops = writes(&stored, &wanted);
+        let report = PushReport {
+            puts: ops.iter().filter(|op| op.1.is_some()).count(),
+            deletes: ops.iter().filter(|op| op.1.is_none()).count(),
+            ..PushReport::default()
+        };
+        Ok(PushPlan {
+            layout: layout.clone(),
+            batches: batch(ops),
+            leftovers,
+            guard: Guard {
+                commit_key: layout.key(&Key::Commit),
+                commit_revision: snapshot.commit_revision.unwrap_or(0),
+                read_revision: snapshot.revision,
+            },
+            report,
+        })
+    }
+
+    /// Writes the batches, the commit with the last one when it fits.
+    pub async fn write(mut self, client: &mut Client) -> Result<PushReport, PushError> {
+        if self.batches.is_empty() && !self.leftovers {
+            return Ok(self.report);
+        }
+        let commit_fits = self.batches.last().is_some_and(|b| b.len() < MAX_TXN_OPS);
+        let total = self.batches.len() + usize::from(!commit_fits);
+        for (written, batch) in self.batches.iter().enumerate() {
+            let with_commit = commit_fits && written + 1 == self.batches.len();
+            if !self
+                .guard
+                .run(client, &self.layout, batch, with_commit)
+                .await?
+            {
+                return Err(self.concurrent(written, total));
+            }
+            self.report.transactions += 1;
+        }
+        if !commit_fits {
+            if !self.guard.run(client, &self.layout, &[], true).await? {
+                return Err(self.concurrent(self.report.transactions, total));
+            }
+            self.report.transactions += 1;
+        }
+        let answer = kv(client)
+            .get(self.guard.commit_key.clone(), None)
+            .await
+            .map_err(StoreError::from)?;
+        self.report.commit_revision = answer.kvs().first().map(|kv| kv.mod_revision());
+        Ok(self.report)
+    }
+
+    fn concurrent(&self, written: usize, total: usize) -> PushError {
+        PushError::Concurrent {
+            prefix: self.layout.prefix().to_owned(),
+            written,
+            total,
+        }
+    }
 }
 
 /// The committed model as a model file.
