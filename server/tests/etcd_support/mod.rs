@@ -16,6 +16,54 @@ pub struct Etcd {
     pub dir: tempfile::TempDir,
     pub client_port: u16,
     peer_port: u16,
+    tls: Option<Certs>,
+}
+
+/// A CA, etcd's server certificate (for 127.0.0.1) and a client
+/// certificate, all made with `openssl`.
+#[derive(Debug, Clone)]
+pub struct Certs {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl Certs {
+    pub fn make(dir: &std::path::Path) -> Certs {
+        let script = r#"
+set -e
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+  -subj /CN=test-ca -keyout ca-key.pem -out ca.pem \
+  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign
+for who in server client; do
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+    -subj /CN=$who -keyout $who-key.pem -out $who.csr
+  if [ $who = server ]; then usage=serverAuth; else usage=clientAuth; fi
+  printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=%s\n' $usage > $who.ext
+  openssl x509 -req -in $who.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 1 \
+    -extfile $who.ext -out $who.pem
+done
+"#;
+        let made = Command::new("bash")
+            .args(["-c", script])
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        assert!(
+            made.is_ok_and(|s| s.success()),
+            "openssl could not make the test certificates"
+        );
+        Certs {
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server-key.pem"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client-key.pem"),
+        }
+    }
 }
 
 fn free_port() -> u16 {
@@ -34,18 +82,46 @@ impl Etcd {
             dir: tempfile::tempdir().unwrap(),
             client_port: free_port(),
             peer_port: free_port(),
+            tls: None,
         };
         etcd.spawn();
         etcd.wait_ready().await;
         etcd
     }
 
+    /// A member that serves TLS and requires client certificates.
+    pub async fn start_tls() -> Etcd {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = Certs::make(dir.path());
+        let mut etcd = Etcd {
+            child: None,
+            dir,
+            client_port: free_port(),
+            peer_port: free_port(),
+            tls: Some(certs),
+        };
+        etcd.spawn();
+        etcd.wait_ready().await;
+        etcd
+    }
+
+    pub fn certs(&self) -> &Certs {
+        self.tls.as_ref().expect("a TLS member")
+    }
+
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     pub fn config(&self) -> EtcdConfig {
-        EtcdConfig::new(&self.url(), PREFIX)
+        let mut config = EtcdConfig::new(&self.url(), PREFIX);
+        if let Some(certs) = &self.tls {
+            config.ca = Some(certs.ca.clone());
+            config.cert = Some(certs.client_cert.clone());
+            config.key = Some(certs.client_key.clone());
+        }
+        config
     }
 
     pub async fn client(&self) -> etcd_client::Client {
@@ -59,7 +135,18 @@ impl Etcd {
     fn spawn(&mut self) {
         let client = self.url();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = Command::new("etcd")
+        let mut command = Command::new("etcd");
+        if let Some(certs) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&certs.server_cert)
+                .arg("--key-file")
+                .arg(&certs.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&certs.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .args(["--name", "test"])
             .arg("--data-dir")
             .arg(self.data_dir())
