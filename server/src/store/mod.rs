@@ -142,17 +142,12 @@ pub async fn read_committed(client: &mut Client, layout: &Layout) -> Result<Snap
         return Ok(snapshot);
     };
     match read_prefix(client, layout, commit).await {
-        Ok(snapshot) => Ok(Snapshot {
-            commit_revision: Some(commit),
-            ..snapshot
-        }),
+        Ok(snapshot) => Ok(snapshot),
         Err(StoreError::Compacted(_)) => {
-            let mut snapshot = read_prefix(client, layout, newest).await?;
-            snapshot.commit_revision = Some(commit);
-            let newer: Vec<Key> = snapshot.uncommitted.keys().cloned().collect();
+            let snapshot = read_prefix(client, layout, newest).await?;
             tracing::warn!(
                 commit,
-                uncommitted = newer.len(),
+                uncommitted = snapshot.uncommitted.len(),
                 "the commit's revision is compacted: read the newest, keys written since held back"
             );
             Ok(snapshot)

@@ -240,3 +240,111 @@ impl Proxy {
         self.open.send_replace(open);
     }
 }
+
+/// A cluster of members on loopback, each with its own data directory.
+pub struct Cluster {
+    members: Vec<Option<Child>>,
+    dir: tempfile::TempDir,
+    client_ports: Vec<u16>,
+    peer_ports: Vec<u16>,
+}
+
+impl Cluster {
+    pub async fn start(size: usize) -> Cluster {
+        let mut cluster = Cluster {
+            members: (0..size).map(|_| None).collect(),
+            dir: tempfile::tempdir().unwrap(),
+            client_ports: (0..size).map(|_| free_port()).collect(),
+            peer_ports: (0..size).map(|_| free_port()).collect(),
+        };
+        for member in 0..size {
+            cluster.spawn(member, "new");
+        }
+        cluster.wait_ready().await;
+        cluster
+    }
+
+    /// Every member's client URL, comma-separated, as `--etcd` takes them.
+    pub fn urls(&self) -> String {
+        let urls: Vec<String> = self
+            .client_ports
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect();
+        urls.join(",")
+    }
+
+    pub fn config(&self) -> EtcdConfig {
+        EtcdConfig::new(&self.urls(), PREFIX)
+    }
+
+    pub async fn client(&self) -> etcd_client::Client {
+        self.config().connect().await.unwrap()
+    }
+
+    fn spawn(&mut self, member: usize, state: &str) {
+        let peers: Vec<String> = self
+            .peer_ports
+            .iter()
+            .enumerate()
+            .map(|(m, p)| format!("m{m}=http://127.0.0.1:{p}"))
+            .collect();
+        let client = format!("http://127.0.0.1:{}", self.client_ports[member]);
+        let peer = format!("http://127.0.0.1:{}", self.peer_ports[member]);
+        let child = Command::new("etcd")
+            .args(["--name", &format!("m{member}")])
+            .arg("--data-dir")
+            .arg(self.dir.path().join(format!("m{member}")))
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &peers.join(",")])
+            .args(["--initial-cluster-state", state, "--log-level", "error"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the etcd binary (Debian's etcd-server) is installed");
+        self.members[member] = Some(child);
+    }
+
+    async fn wait_ready(&self) {
+        let mut client = self.client().await;
+        for _ in 0..400 {
+            if client.get("ready", None).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the etcd cluster did not come up");
+    }
+
+    pub fn kill(&mut self, member: usize) {
+        if let Some(mut child) = self.members[member].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a killed member again on its data.
+    pub async fn restart(&mut self, member: usize) {
+        self.spawn(member, "existing");
+        self.wait_ready().await;
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for member in 0..self.members.len() {
+            self.kill(member);
+        }
+    }
+}
