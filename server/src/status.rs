@@ -30,9 +30,12 @@ pub struct FeedbackStore {
 #[derive(Default)]
 struct Records {
     nodes: HashMap<String, NodeRecord>,
-    /// Nodes recorded here since the last [`FeedbackStore::take_dirty`];
-    /// `true` when the applied id or error changed (not just LastSeen).
-    dirty: Option<HashMap<String, bool>>,
+    /// Nodes recorded here since they were last taken by
+    /// [`FeedbackStore::take_dirty`]: whether the applied id or error
+    /// changed (not just LastSeen), and when the node was first marked.
+    dirty: Option<HashMap<String, (bool, u64)>>,
+    /// Counts markings, to take the longest-waiting records first.
+    marks: u64,
 }
 
 impl FeedbackStore {
@@ -42,6 +45,7 @@ impl FeedbackStore {
             inner: Mutex::new(Records {
                 nodes: HashMap::new(),
                 dirty: Some(HashMap::new()),
+                marks: 0,
             }),
         }
     }
@@ -62,8 +66,10 @@ impl FeedbackStore {
             record.error = Some(error.clone());
         }
         let changed = before != (record.applied_state_id.clone(), record.error.clone());
+        inner.marks += 1;
+        let mark = inner.marks;
         if let Some(dirty) = inner.dirty.as_mut() {
-            *dirty.entry(node.to_owned()).or_insert(false) |= changed;
+            dirty.entry(node.to_owned()).or_insert((false, mark)).0 |= changed;
         }
     }
 
@@ -76,15 +82,19 @@ impl FeedbackStore {
         }
     }
 
-    /// Up to `max` records changed here, those whose applied id or error
-    /// changed first; the rest stay for the next call.
+    /// Up to `max` records changed here: those whose applied id or error
+    /// changed first, then the longest waiting; the rest stay for the next
+    /// call, so under any load every record is written in its turn.
     pub fn take_dirty(&self, max: usize) -> Vec<(String, NodeRecord)> {
         let mut inner = self.lock();
         let Some(dirty) = inner.dirty.as_mut() else {
             return Vec::new();
         };
-        let mut nodes: Vec<(String, bool)> = dirty.iter().map(|(n, c)| (n.clone(), *c)).collect();
-        nodes.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let mut nodes: Vec<(String, (bool, u64))> =
+            dirty.iter().map(|(n, m)| (n.clone(), *m)).collect();
+        nodes.sort_by(|(_, (changed_a, mark_a)), (_, (changed_b, mark_b))| {
+            changed_b.cmp(changed_a).then(mark_a.cmp(mark_b))
+        });
         nodes.truncate(max);
         for (node, _) in &nodes {
             dirty.remove(node);

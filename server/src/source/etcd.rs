@@ -41,6 +41,9 @@ pub struct EtcdSource {
     dirty: BTreeSet<Key>,
     /// Events since the latest commit; `None`: deleted.
     pending: BTreeMap<Key, Option<Vec<u8>>>,
+    /// A full read succeeded since the last failure: the next failure
+    /// starts the backoff afresh.
+    read_since_failure: bool,
 }
 
 impl EtcdSource {
@@ -54,6 +57,7 @@ impl EtcdSource {
             served: Entries::new(),
             dirty: BTreeSet::new(),
             pending: BTreeMap::new(),
+            read_since_failure: false,
         }
     }
 
@@ -98,6 +102,9 @@ impl EtcdSource {
                         .set_store_error(Some(format!("etcd unreachable: {e}")));
                 }
             }
+            if std::mem::take(&mut self.read_since_failure) {
+                backoff = BACKOFF_START;
+            }
             let wait = with_jitter(backoff);
             backoff = (backoff * 2).min(BACKOFF_MAX);
             tokio::select! {
@@ -117,6 +124,7 @@ impl EtcdSource {
         let mut c = client.clone();
         let snapshot = read_committed(&mut c, &self.layout).await?;
         self.status.set_store_error(None);
+        self.read_since_failure = true;
         // The read was at the commit's revision (or, past a compaction, at
         // the newest with later keys held back): every event after it is
         // one the state read does not hold yet.

@@ -145,4 +145,23 @@ mod tests {
         assert_eq!(dirty.len(), 1);
         assert!(store.take_dirty(MAX_TXN_OPS).is_empty());
     }
+
+    #[test]
+    fn changed_records_go_first_then_the_longest_waiting() {
+        let store = FeedbackStore::replicated();
+        let now = SystemTime::UNIX_EPOCH;
+        let seen = crate::params::Feedback::default();
+        let applied = crate::params::Feedback {
+            applied_state_id: Some("v1-a".into()),
+            apply_error: None,
+        };
+        store.record("nc-9", &seen, now);
+        store.record("nc-1", &seen, now);
+        store.record("nc-5", &applied, now);
+        let order = |records: Vec<(String, NodeRecord)>| -> Vec<String> {
+            records.into_iter().map(|(node, _)| node).collect()
+        };
+        assert_eq!(order(store.take_dirty(2)), ["nc-5", "nc-9"]);
+        assert_eq!(order(store.take_dirty(2)), ["nc-1"]);
+    }
 }
