@@ -188,16 +188,21 @@ fn apply_by_id<T: Identified + Clone>(entities: &mut Vec<T>, change: &KindChange
     if change.upserts.is_empty() {
         return;
     }
-    let mut position: HashMap<String, usize> = entities
-        .iter()
-        .enumerate()
-        .map(|(p, e)| (e.id().to_owned(), p))
-        .collect();
+    // Where each upsert goes, found with one pass and no allocation per
+    // entity (a change is usually a handful of entities in a large model).
+    let mut wanted: HashMap<&str, Option<usize>> =
+        change.upserts.iter().map(|e| (e.id(), None)).collect();
+    for (p, entity) in entities.iter().enumerate() {
+        if let Some(slot) = wanted.get_mut(entity.id()) {
+            *slot = Some(p);
+        }
+    }
+    let mut appended: HashMap<&str, usize> = HashMap::new();
     for entity in &change.upserts {
-        match position.get(entity.id()) {
-            Some(&p) => entities[p] = entity.clone(),
+        match wanted[entity.id()].or_else(|| appended.get(entity.id()).copied()) {
+            Some(p) => entities[p] = entity.clone(),
             None => {
-                position.insert(entity.id().to_owned(), entities.len());
+                appended.insert(entity.id(), entities.len());
                 entities.push(entity.clone());
             }
         }

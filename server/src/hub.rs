@@ -132,10 +132,15 @@ impl Hub {
     /// changed nodes, all under the watch lock that subscriptions take.
     fn swap(&self, next: Arc<ModelIndex>, changed_nodes: Vec<String>) -> SwapReport {
         let mut watches = lock(&self.watches);
-        *self
-            .current
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = next.clone();
+        // The old index is dropped after the wake-ups and outside the
+        // locks: freeing a large model takes milliseconds no poll should wait.
+        let _old = std::mem::replace(
+            &mut *self
+                .current
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            next.clone(),
+        );
         let mut woken_polls = 0;
         for node in &changed_nodes {
             if let Some(tx) = watches.get(node) {
@@ -147,6 +152,7 @@ impl Hub {
         // with the then-current id, so dropping it here loses nothing and
         // keeps the map as small as the set of parked nodes.
         watches.retain(|node, tx| tx.receiver_count() > 0 && next.state_id(node).is_some());
+        drop(watches);
         SwapReport {
             changed_nodes,
             woken_polls,
