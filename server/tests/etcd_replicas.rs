@@ -115,19 +115,21 @@ async fn two_replicas_give_every_node_the_same_id_at_every_commit() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (replica(&etcd, &dir), replica(&etcd, &dir));
-    let mut revisions = vec![first.commit_revision.unwrap()];
     let mut instance = model.instances[0].clone();
-    for mac in ["02:00:00:00:01:01", "02:00:00:00:01:02"] {
-        instance.mac = mac.into();
-        revisions.push(commit_instance(&etcd, &instance).await);
-    }
     let mut seen = Vec::new();
-    for revision in revisions {
-        // Each replica is checked at the last revision, and the ids compared.
+    // One commit at a time: both replicas at the same revision, compared.
+    for step in 0..3 {
+        let revision = match step {
+            0 => first.commit_revision.unwrap(),
+            n => {
+                instance.mac = format!("02:00:00:00:01:0{n}");
+                commit_instance(&etcd, &instance).await
+            }
+        };
         wait_revision(&a.side, revision).await;
         wait_revision(&b.side, revision).await;
         let (ids_a, ids_b) = (ids(&a.side, &model).await, ids(&b.side, &model).await);
-        assert_eq!(ids_a, ids_b);
+        assert_eq!(ids_a, ids_b, "at revision {revision}");
         seen.push(ids_a);
     }
     assert_ne!(seen[0], seen[2], "the commits changed ids");
