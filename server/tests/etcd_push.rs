@@ -151,3 +151,23 @@ async fn a_100000_instance_import_fits_etcds_limits() {
     assert_eq!(pulled.instances.len(), 100_000);
     assert!(ModelChange::between(&model, &pulled).is_empty());
 }
+
+#[test]
+fn model_and_etcd_exclude_each_other() {
+    let out = Command::new(BIN)
+        .args(["--model", "cloud.json", "--etcd", "http://127.0.0.1:1"])
+        .args(["--insecure-no-auth", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("--etcd") && said.contains("--model"),
+        "{said}"
+    );
+    let neither = Command::new(BIN)
+        .args(["--insecure-no-auth"])
+        .output()
+        .unwrap();
+    assert_eq!(neither.status.code(), Some(1));
+}
