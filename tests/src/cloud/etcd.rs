@@ -81,14 +81,17 @@ impl Cloud {
         Ok(())
     }
 
-    /// Waits until the cluster answers a read (which needs a leader).
+    /// Waits until the cluster answers a read (which needs a leader):
+    /// `model pull` succeeds, or says that nothing is committed yet.
     fn wait_etcd(&self) -> Result<()> {
         let urls = self.etcd_urls();
+        let bin = self.server_bin.display().to_string();
         let up = probe::wait_until(Duration::from_secs(30), || {
-            let args = ["--endpoints", &urls, "--command-timeout=2s", "get", "ready"];
-            self.cloud
-                .exec_unchecked("etcdctl", &args)
-                .is_ok_and(|out| out.status.success())
+            let args = ["model", "pull", "--etcd", urls.as_str()];
+            self.cloud.exec_unchecked(&bin, &args).is_ok_and(|out| {
+                out.status.success()
+                    || String::from_utf8_lossy(&out.stderr).contains("nothing is committed")
+            })
         });
         if !up {
             let logs: Vec<String> = self.etcd.values().map(|d| tail(&d.log(), 20)).collect();
