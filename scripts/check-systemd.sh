@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Checks the systemd units: `systemd-analyze verify` (with the man pages the
 # units name, generated from the clap definitions) and the offline security
-# exposure, which must stay at or under each unit's threshold.
+# exposure, which must stay at or under each unit's threshold; and the
+# nftables.service drop-in, verified with Debian's nftables.service, where
+# any message (an unknown key is only a warning to systemd) fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,4 +32,18 @@ for unit in edgenetd edgenet-server; do
     echo "security $unit.service: exposure ${exposure:-unknown} is above $limit: FAILED"; status=1
   fi
 done
+nftables_unit=/lib/systemd/system/nftables.service
+if [ -f "$nftables_unit" ]; then
+  mkdir -p "$work/units/nftables.service.d"
+  cp "$nftables_unit" "$work/units/"
+  cp systemd/nftables-edgenetd.conf "$work/units/nftables.service.d/edgenetd.conf"
+  messages=$(SYSTEMD_UNIT_PATH="$work/units:" systemd-analyze verify "$work/units/nftables.service" 2>&1) || status=1
+  if [ -z "$messages" ]; then
+    echo "verify nftables.service with the edgenetd drop-in: ok"
+  else
+    printf '%s\n' "$messages"; echo "verify nftables.service with the edgenetd drop-in: FAILED"; status=1
+  fi
+else
+  echo "verify nftables.service drop-in: skipped, no $nftables_unit (install nftables)"
+fi
 exit $status

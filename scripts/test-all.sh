@@ -3,14 +3,15 @@
 # what is missing (nftables, iproute2, ping, Python's moto and botocore),
 # then checks formatting and lints, then runs the whole suite, including
 # the network-namespace and moto tests, then the systemd, packaging and
-# README checks.
+# README checks (the packages are also booted under real systemd in a
+# container).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 log() { printf '==> %s\n' "$*" >&2; }
 
 install_system_packages() {
-  local wanted=(nftables iproute2 iputils-ping procps python3-pip systemd man-db dpkg openssl etcd-server protobuf-compiler)
+  local wanted=(nftables iproute2 iputils-ping procps python3-pip systemd man-db dpkg dpkg-dev debhelper fakeroot lintian openssl etcd-server protobuf-compiler curl util-linux systemd-container)
   local missing=()
   for package in "${wanted[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -53,8 +54,18 @@ cargo nextest run --workspace --no-fail-fast
 
 log "systemd units: verify and security exposure"
 bash scripts/check-systemd.sh
-log "Debian package"
-package=$(bash scripts/build-deb.sh dev | tail -1)
-dpkg -c "$package" | awk '{print $6}' | grep -E '^\./(usr/bin|lib/systemd|usr/share/man)/'
+log "the server unit, started as its user with its credentials"
+bash scripts/check-server-unit.sh
+log "Debian packages"
+built=$(bash scripts/build-deb.sh dev)
+mapfile -t packages < <(grep -v -- -dbgsym <<<"$built")
+for name in edgenetd edgenet-server; do
+  package=$(printf '%s\n' "${packages[@]}" | grep -E "/${name}_[^/]*\.deb$")
+  dpkg -c "$package" | awk '{print $6}' | grep -E '^\./(usr/bin|lib/systemd|usr/share/man)/'
+done
+log "lintian (errors fail; warnings are listed)"
+bash scripts/check-lintian.sh "${packages[@]}"
+log "both packages under real systemd (systemd-nspawn --boot)"
+bash scripts/check-systemd-boot.sh "${packages[@]}"
 log "the README's first command, with --once"
 cargo run --release -- run --dry-run --model examples/cloud.json --node nc-1 --once

@@ -2,7 +2,7 @@
 //! counting global allocator: what each step holds when it is done, and
 //! the highest the heap got during it. RSS follows the peak (glibc keeps
 //! freed pages), so the peaks are what `apply-rss.sh` and
-//! `bench-agent-rss-idle.sh` see; this tells which step makes them.
+//! `bench/agent-rss-idle.sh` see; this tells which step makes them.
 //!
 //!   cargo bench -p edgenet-agent --bench memory
 //!
@@ -14,7 +14,7 @@ use edgenet_agent::desired::KernelState;
 use edgenet_agent::diff::diff;
 use edgenet_agent::reconcile::forget_rule_statements;
 use edgenet_agent::render::RenderSettings;
-use edgenet_agent::source::Snapshot;
+use edgenet_agent::snapshot::Snapshot;
 use edgenet_model::synthetic::{generate, Shape};
 use edgenet_model::view_for;
 use peak_alloc::PeakAlloc;

@@ -89,7 +89,7 @@ pub struct DataplaneConfig {
     pub resync_seconds: u64,
     pub manage_sysctls: bool,
     /// Write small element and instance-chain changes through the agent's
-    /// own nfnetlink socket rather than `nft` (see DATAPLANE-NOTES.md).
+    /// own nfnetlink socket rather than `nft` (docs/design.md, "The nfnetlink fast path").
     pub nft_fast_path: bool,
 }
 

@@ -19,13 +19,14 @@ use tokio::sync::{mpsc, watch};
 use crate::dataplane::{Dataplane, DataplaneError};
 use crate::desired::{AddressEntry, DriftEvent, KernelState, RouteKey, RouteSpec};
 use crate::diff::{diff, Change, ChangeSet};
-use crate::heap;
-use crate::incremental::{self, Baseline};
-use crate::metrics::Metrics;
-use crate::notify::SystemdNotifier;
-use crate::poller::{Backoff, Feedback};
+use crate::ops::heap;
+use crate::ops::metrics::Metrics;
+use crate::ops::notify::SystemdNotifier;
+use crate::render::incremental::{self, Baseline};
 use crate::render::RenderSettings;
-use crate::source::{Snapshot, SnapshotReceiver};
+use crate::snapshot::{Feedback, Snapshot, SnapshotReceiver};
+use edgenet_model::backoff::Backoff;
+use edgenet_model::protocol::{RETRY_BACKOFF_MAX, RETRY_BACKOFF_MIN};
 
 #[derive(Debug, Clone)]
 pub struct ReconcileSettings {
@@ -47,8 +48,8 @@ impl ReconcileSettings {
             render: RenderSettings::default(),
             resync: Duration::from_secs(60),
             once: false,
-            backoff_min: Duration::from_millis(500),
-            backoff_max: Duration::from_secs(30),
+            backoff_min: RETRY_BACKOFF_MIN,
+            backoff_max: RETRY_BACKOFF_MAX,
         }
     }
 }

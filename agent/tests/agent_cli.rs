@@ -121,10 +121,15 @@ fn the_readme_dry_run_works_without_root_or_server() {
     let first = stdout.lines().next().unwrap();
     assert!(first.starts_with("nc-1: "), "{first}");
     assert!(first.contains(" to add, "), "{first}");
-    assert!(stdout
-        .lines()
-        .skip(1)
-        .all(|l| l.starts_with(['+', '-', '~'])));
+    // Blocks by entity: a `# entity: …` line, then its changes, with the
+    // rules of a new or changed chain indented under it; a host without
+    // `br0` gets a warning at the end.
+    assert!(stdout.lines().skip(1).all(|l| l.is_empty()
+        || l.starts_with("# ")
+        || l.starts_with(['+', '-', '~'])
+        || l.starts_with("    ")
+        || l.starts_with("warning: ")));
+    assert!(stdout.contains("\n# security group sg-web: now used on this node"));
 }
 
 #[test]
@@ -405,7 +410,8 @@ echo "rc=$?"
         lines[4].ends_with(": 1 to add, 1 to change, 0 to remove"),
         "{stdout}"
     );
-    assert_eq!(lines[7], "rc=2");
+    assert!(stdout.contains("~ nft chain inet edgenet sg_sg-db: 0 rules -> "));
+    assert_eq!(lines.last(), Some(&"rc=2"));
 }
 
 /// systemd's notify protocol: READY=1 with a STATUS= naming the state id

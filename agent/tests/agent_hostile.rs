@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use edgenet_agent::dataplane::MemoryDataplane;
-use edgenet_agent::metrics::Metrics;
-use edgenet_agent::poller::{Poller, PollerConfig};
+use edgenet_agent::ops::metrics::Metrics;
 use edgenet_agent::reconcile::{ReconcileSettings, Reconciler};
+use edgenet_agent::source::poller::{Poller, PollerConfig};
 use edgenet_auth::ClockSkew;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};

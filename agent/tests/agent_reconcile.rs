@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use edgenet_agent::dataplane::MemoryDataplane;
-use edgenet_agent::metrics::Metrics;
-use edgenet_agent::poller::Feedback;
+use edgenet_agent::ops::metrics::Metrics;
 use edgenet_agent::reconcile::{Applied, ReconcileError, ReconcileSettings, Reconciler};
-use edgenet_agent::source::Snapshot;
+use edgenet_agent::snapshot::Feedback;
+use edgenet_agent::snapshot::Snapshot;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use edgenet_agent::dataplane::MemoryDataplane;
-use edgenet_agent::metrics::Metrics;
-use edgenet_agent::poller::{Poller, PollerConfig};
+use edgenet_agent::ops::metrics::Metrics;
 use edgenet_agent::reconcile::{ReconcileError, ReconcileSettings, Reconciler};
+use edgenet_agent::source::poller::{Poller, PollerConfig};
 use edgenet_auth::ClockSkew;
 use edgenet_server::Server;
 use serde_json::Value;
@@ -372,8 +372,11 @@ duration_seconds = 900
     let mut diff = vec![wait_line(&format!("nc-1: {first} -> {second}: "))
         .pop()
         .unwrap()];
+    // The change lines, without the plan's `# entity` headers and blanks.
     while let Ok(line) = lines.recv_timeout(Duration::from_millis(500)) {
-        diff.push(line);
+        if line.starts_with(['+', '-', '~']) {
+            diff.push(line);
+        }
     }
     assert_eq!(diff.len(), 2, "{diff:#?}");
     assert!(
@@ -419,7 +422,8 @@ async fn an_auth_failure_forces_a_credential_refresh() {
     .unwrap();
     let skew = Arc::new(ClockSkew::new());
     let credentials =
-        edgenet_agent::poller::credentials_from_config(&config, NODE, skew.clone()).unwrap();
+        edgenet_agent::source::poller::credentials_from_config(&config, NODE, skew.clone())
+            .unwrap();
     let dataplane = MemoryDataplane::new();
     let metrics = Metrics::new();
     let (reconciler, feedback) = Reconciler::new(
@@ -504,14 +508,17 @@ async fn polls_over_https_trusting_the_configured_ca_file() {
     };
     let trusted = run(Some(cert.clone())).await;
     assert!(
-        matches!(trusted, Ok(edgenet_agent::poller::PollAnswer::View(_))),
+        matches!(
+            trusted,
+            Ok(edgenet_agent::source::poller::PollAnswer::View(_))
+        ),
         "{trusted:?}"
     );
     let untrusted = run(None).await;
     assert!(
         matches!(
             untrusted,
-            Err(edgenet_agent::poller::PollError::Transport { .. })
+            Err(edgenet_agent::source::poller::PollError::Transport { .. })
         ),
         "{untrusted:?}"
     );

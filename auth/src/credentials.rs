@@ -93,6 +93,7 @@ impl Credentials {
     }
 
     /// Converts to the `aws-credential-types` form used by `aws-sigv4`.
+    #[cfg(feature = "client")]
     pub(crate) fn to_aws(&self) -> aws_credential_types::Credentials {
         aws_credential_types::Credentials::new(
             self.access_key_id.clone(),

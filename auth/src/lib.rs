@@ -59,27 +59,50 @@
 
 #![forbid(unsafe_code)]
 
-pub mod cache;
+// Both halves.
 pub mod credentials;
+pub mod encoding;
 pub mod files;
-pub mod keys;
-pub mod principal;
-pub mod providers;
-pub mod sign;
 pub mod skew;
-pub mod sts;
-pub mod verify;
 
-pub use cache::{CacheConfig, CachingProvider};
 pub use credentials::{Credentials, Secret};
-pub use keys::{KeyEntry, KeyStore, KeysError, TokenKey};
-pub use principal::Principal;
+pub use skew::ClockSkew;
+
+// The agent's half (feature `client`).
+#[cfg(feature = "client")]
+pub mod cache;
+#[cfg(feature = "client")]
+pub mod providers;
+#[cfg(feature = "client")]
+pub mod sign;
+
+#[cfg(feature = "client")]
+pub use cache::{CacheConfig, CachingProvider};
+#[cfg(feature = "client")]
 pub use providers::{
     AssumeRoleConfig, AssumeRoleProvider, AuthError, CredentialProvider, StaticFileProvider,
 };
+#[cfg(feature = "client")]
 pub use sign::{form_post_request, query_get_request, sign_request, SignError, Signer};
-pub use skew::ClockSkew;
+
+// The server's half (feature `server`): the agent does not link the STS's
+// sealing crypto.
+#[cfg(feature = "server")]
+pub mod keys;
+#[cfg(feature = "server")]
+pub mod principal;
+#[cfg(feature = "server")]
+pub mod sts;
+#[cfg(feature = "server")]
+pub mod verify;
+
+#[cfg(feature = "server")]
+pub use keys::{KeyEntry, KeyStore, KeysError, TokenKey};
+#[cfg(feature = "server")]
+pub use principal::Principal;
+#[cfg(feature = "server")]
 pub use sts::{AssumeRoleParams, AssumeRoleResponse, DevSts, DevStsConfig, StsError};
+#[cfg(feature = "server")]
 pub use verify::{
     canonical_request, Api, KeyResolver, ResolvedKey, SignedRequest, Verifier, VerifyError,
 };

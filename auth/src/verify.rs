@@ -437,7 +437,12 @@ const PATH_SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERI
 /// PROTOCOL.md), re-encoded the SigV4 way and sorted.
 pub(crate) fn canonical_query(query: &str) -> String {
     let mut pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
-        .map(|(k, v)| (crate::sign::encode_param(&k), crate::sign::encode_param(&v)))
+        .map(|(k, v)| {
+            (
+                crate::encoding::encode_param(&k),
+                crate::encoding::encode_param(&v),
+            )
+        })
         .collect();
     pairs.sort();
     pairs

@@ -1,4 +1,4 @@
-//! Figures for issue 2: every view and id of a large synthetic model.
+//! Every view and id of a large synthetic model, timed (bench/README.md, "Model").
 //!
 //! `cargo bench -p edgenet-model --bench index` (optionally
 //! `-- NODES INSTANCES GROUPS`). Prints wall time, the peak RSS the step

@@ -42,7 +42,7 @@ impl Prefix {
         self.contains(other.addr) || other.contains(self.addr)
     }
 
-    /// The order MODEL.md gives for `public_ips` and `group_members`:
+    /// The order docs/model.md gives for `public_ips` and `group_members`:
     /// IPv4 before IPv6, then by address, then by prefix length.
     pub fn numeric_cmp(&self, other: &Prefix) -> Ordering {
         numeric_key(self.addr)
@@ -170,13 +170,15 @@ fn parse_prefix_lenient(text: &str) -> Option<((u8, u128), u8)> {
     Some((numeric_key(addr), len))
 }
 
-/// A unicast Ethernet address, `xx:xx:xx:xx:xx:xx`, either case.
+/// A unicast Ethernet address, `xx:xx:xx:xx:xx:xx`, either case: the MAC
+/// rule of the model (docs/model.md), for the checker and the agent alike.
 pub fn parse_mac(text: &str) -> Result<[u8; 6], &'static str> {
     let mut octets = [0u8; 6];
     let mut parts = text.split(':');
     for octet in &mut octets {
         let part = parts.next().ok_or("not a MAC address")?;
-        if part.len() != 2 {
+        // Two hex digits exactly: `from_str_radix` alone would take "+f".
+        if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err("not a MAC address");
         }
         *octet = u8::from_str_radix(part, 16).map_err(|_| "not a MAC address")?;
@@ -191,6 +193,19 @@ pub fn parse_mac(text: &str) -> Result<[u8; 6], &'static str> {
         return Err("the all-zero MAC address is not usable");
     }
     Ok(octets)
+}
+
+/// The lower-case colon form of a MAC, as the kernel prints it back.
+pub fn format_mac(octets: &[u8; 6]) -> String {
+    let [a, b, c, d, e, f] = octets;
+    format!("{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}")
+}
+
+/// A MAC as a 48-bit number, for sets of MACs that need no text.
+pub fn mac_bits(octets: &[u8; 6]) -> u64 {
+    octets
+        .iter()
+        .fold(0, |bits, &octet| bits << 8 | u64::from(octet))
 }
 
 #[cfg(test)]
@@ -245,5 +260,26 @@ mod tests {
         assert!(parse_mac("01:00:5e:00:00:01").is_err());
         assert!(parse_mac("d0:0d:0a:1b:2c").is_err());
         assert!(parse_mac("d0-0d-0a-1b-2c-3d").is_err());
+        assert!(parse_mac("00:00:00:00:00:00").is_err());
+        assert!(parse_mac("d0:0d:0a:1b:2c:3d:4e").is_err());
+    }
+
+    #[test]
+    fn mac_octets_are_two_hex_digits() {
+        for bad in [
+            "d0:+d:0a:1b:2c:3d",
+            "d0:0d:0a:1b:2c:+3",
+            "d0:0d:0a:1b:2c:3",
+            "d0:0d:0a:1b:2c:3g",
+        ] {
+            assert_eq!(parse_mac(bad), Err("not a MAC address"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn macs_print_in_the_kernels_form_and_as_numbers() {
+        let mac = parse_mac("D0:0D:0A:1B:2C:3D").unwrap();
+        assert_eq!(format_mac(&mac), "d0:0d:0a:1b:2c:3d");
+        assert_eq!(mac_bits(&mac), 0xd00d_0a1b_2c3d);
     }
 }

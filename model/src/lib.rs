@@ -4,6 +4,7 @@ pub mod types;
 
 pub use types::*;
 pub mod addr;
+pub mod backoff;
 pub mod canonical;
 pub mod change;
 pub mod error;
@@ -11,6 +12,7 @@ pub mod index;
 pub mod parse;
 pub mod protocol;
 pub mod synthetic;
+pub mod v2;
 pub mod validate;
 pub mod view;
 

@@ -1,11 +1,19 @@
 //! Wire facts of `DescribeNetworkModel` that the server and the agent must
-//! agree on (PROTOCOL.md), kept in one place so the two cannot drift.
+//! agree on (docs/protocol.md), kept in one place so the two cannot drift.
+
+use std::time::Duration;
 
 /// The only API version of the contract.
 pub const API_VERSION: &str = "2026-11-01";
 
 /// `WaitSeconds` when the client gives none.
 pub const DEFAULT_WAIT_SECONDS: u64 = 30;
+
+/// A client's retry backoff after a failed poll: full jitter, doubling
+/// from this first cap...
+pub const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(500);
+/// ...to this ceiling. A server's `Retry-After` is honoured up to it.
+pub const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// The agent sends at most this many bytes of `ApplyError`, and a server
 /// cuts longer text to it.

@@ -93,22 +93,27 @@ struct Checker<'d, 'a> {
 
 const ID_RULE: &str = "must be 1 to 64 of A-Z a-z 0-9 . _ -";
 
-fn is_valid_id(id: &str) -> bool {
+/// The id rule of every entity (docs/model.md): `[A-Za-z0-9._-]{1,64}`.
+pub fn is_valid_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-/// Linux interface names: IFNAMSIZ less the NUL, and nothing the kernel
-/// refuses in a name.
-pub(crate) fn is_valid_interface_name(name: &str) -> bool {
+const INTERFACE_RULE: &str = r#"1 to 15 visible ASCII characters, none of / : " \, not . or .."#;
+
+/// Linux interface names: IFNAMSIZ less the NUL, nothing the kernel
+/// refuses in a name (`/`, `:`, whitespace, `.`, `..`), and only visible
+/// ASCII without `"` or `\`, so that a name written into nft's quoted
+/// strings can neither end the string nor escape out of it.
+pub fn is_valid_interface_name(name: &str) -> bool {
     (1..=15).contains(&name.len())
         && name != "."
         && name != ".."
-        && !name
-            .chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'/' | b':' | b'"' | b'\\'))
 }
 
 fn family(ip: IpAddr) -> &'static str {
@@ -219,9 +224,7 @@ impl<'d, 'a> Checker<'d, 'a> {
 
     fn interface(&mut self, entity: Entity, path: String, name: &str) {
         if !is_valid_interface_name(name) {
-            let message = format!(
-                "{name:?} is not a Linux interface name (1 to 15 bytes, no '/', ':' or whitespace)"
-            );
+            let message = format!("{name:?} is not a Linux interface name ({INTERFACE_RULE})");
             self.push(entity, path, message);
         }
     }
@@ -723,6 +726,78 @@ impl<'d, 'a> Checker<'d, 'a> {
                     }
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_names_the_kernel_takes_are_valid() {
+        for name in [
+            "eth0",
+            "br0",
+            "vn_i-0a1b2c3d",
+            "a",
+            "eth0.100",
+            "x'y",
+            "15-bytes-exact_",
+        ] {
+            assert!(is_valid_interface_name(name), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn interface_names_the_kernel_refuses_are_invalid() {
+        for name in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "a:b",
+            "a b",
+            "a\tb",
+            "sixteen-bytes-ab",
+        ] {
+            assert!(!is_valid_interface_name(name), "{name:?}");
+        }
+    }
+
+    /// The kernel takes these, but each would end or escape a quoted
+    /// string in nft's input.
+    #[test]
+    fn quotes_backslashes_and_control_characters_are_refused() {
+        for name in [
+            "eth0\"",
+            "\"; flush",
+            "a\\b",
+            "tail\\",
+            "a\u{0}b",
+            "a\u{7}b",
+            "a\nb",
+            "a\rb",
+            "a\u{1b}[0m",
+            "a\u{7f}b",
+        ] {
+            assert!(!is_valid_interface_name(name), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn interface_names_are_ascii() {
+        assert!(!is_valid_interface_name("é"));
+        assert!(!is_valid_interface_name("eth\u{a0}0"));
+    }
+
+    #[test]
+    fn ids_are_1_to_64_of_the_id_alphabet() {
+        assert!(is_valid_id("i-0a1b2c3d"));
+        assert!(is_valid_id("sg_web.v2"));
+        assert!(is_valid_id(&"a".repeat(64)));
+        for id in ["", "sg web", "a/b", "a\"b", "é", &"a".repeat(65)] {
+            assert!(!is_valid_id(id), "{id:?}");
         }
     }
 }

@@ -308,7 +308,20 @@ fn bad_id_characters() {
 fn interface_name_too_long() {
     let mut model = example();
     model["nodes"][0]["bridge"] = json!("a-very-long-bridge");
-    assert_refused(&model, "nodes[nc-1].bridge: \"a-very-long-bridge\" is not a Linux interface name (1 to 15 bytes, no '/', ':' or whitespace)");
+    assert_refused(
+        &model,
+        r#"nodes[nc-1].bridge: "a-very-long-bridge" is not a Linux interface name (1 to 15 visible ASCII characters, none of / : " \, not . or ..)"#,
+    );
+}
+
+#[test]
+fn interface_name_that_would_break_out_of_an_nft_string() {
+    let mut model = example();
+    instance(&mut model, "i-0a1b2c3d")["interface"] = json!("vn\";flush");
+    assert_refused(
+        &model,
+        r#"instances[i-0a1b2c3d].interface: "vn\";flush" is not a Linux interface name (1 to 15 visible ASCII characters, none of / : " \, not . or ..)"#,
+    );
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! The tiny EDGE cloud of issue 7, in network namespaces:
+//! The tiny EDGE cloud of the end-to-end suite, in network namespaces:
 //!
 //! ```text
 //!   cloud (edgenet-server :8773, metadata :8775)   internet (.200)

@@ -1,4 +1,4 @@
-//! Fault scenarios of issue 7: each asserts that traffic that should flow
+//! Fault scenarios: each asserts that traffic that should flow
 //! keeps flowing while something breaks, and that edgenet recovers.
 //! Needs root, `ip`/`nft`/`ping` (tests/setup.sh) and `cargo build --bins`.
 

@@ -1,4 +1,4 @@
-//! Scenarios of issue 7, asserted with real packets between namespaces.
+//! Scenarios of the cloud, asserted with real packets between namespaces.
 //! Each test builds its own cloud (see `src/cloud.rs`, fixture
 //! `fixtures/cloud.json`), so they run in parallel.
 //! Needs root, `ip`/`nft`/`ping` (tests/setup.sh) and `cargo build --bins`.

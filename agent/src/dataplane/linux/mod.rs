@@ -24,10 +24,10 @@ use crate::diff::{Change, ChangeSet};
 
 pub mod monitor;
 pub mod netlink;
-pub mod nfnl;
 pub mod nft;
 pub mod sysctl;
 
+use nft::fast_path as nfnl;
 pub use nft::NftRunner;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
