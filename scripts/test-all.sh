@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 log() { printf '==> %s\n' "$*" >&2; }
 
 install_system_packages() {
-  local wanted=(nftables iproute2 iputils-ping procps python3-pip systemd man-db dpkg dpkg-dev debhelper fakeroot lintian openssl curl util-linux systemd-container)
+  local wanted=(nftables iproute2 iputils-ping procps python3-pip systemd man-db dpkg dpkg-dev debhelper fakeroot lintian openssl etcd-server protobuf-compiler curl util-linux systemd-container)
   local missing=()
   for package in "${wanted[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -69,7 +69,7 @@ run_tests() {
   fi
 }
 
-run_tests --workspace --no-fail-fast
+run_tests --workspace --features edgenet-agent/root-tests --no-fail-fast
 
 log "systemd units: verify and security exposure"
 bash scripts/check-systemd.sh

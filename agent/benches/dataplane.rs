@@ -31,11 +31,11 @@ use edgenet_agent::dataplane::linux::{
     nft::bench_support::ruleset_text, LinuxConfig, LinuxDataplane,
 };
 use edgenet_agent::dataplane::Dataplane;
-use edgenet_agent::desired::KernelState;
 use edgenet_agent::diff::diff;
 use edgenet_agent::render::incremental::{self, Baseline};
 use edgenet_agent::render::{render, RenderSettings};
 use edgenet_agent::snapshot::Snapshot;
+use edgenet_agent::state::KernelState;
 use edgenet_model::*;
 use nix::sched::{setns, CloneFlags};
 

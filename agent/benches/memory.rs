@@ -10,11 +10,11 @@
 //! diff, the nft transaction, the cached actual state), without the kernel.
 
 use edgenet_agent::dataplane::linux::nft::build_transaction;
-use edgenet_agent::desired::KernelState;
 use edgenet_agent::diff::diff;
 use edgenet_agent::reconcile::forget_rule_statements;
 use edgenet_agent::render::RenderSettings;
 use edgenet_agent::snapshot::Snapshot;
+use edgenet_agent::state::KernelState;
 use edgenet_model::synthetic::{generate, Shape};
 use edgenet_model::view_for;
 use peak_alloc::PeakAlloc;

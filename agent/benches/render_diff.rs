@@ -7,10 +7,10 @@
 
 use std::time::{Duration, Instant};
 
-use edgenet_agent::desired::KernelState;
 use edgenet_agent::diff::diff;
 use edgenet_agent::render::{render, RenderSettings};
 use edgenet_agent::snapshot::Snapshot;
+use edgenet_agent::state::KernelState;
 use edgenet_model::synthetic::{generate, Shape};
 use edgenet_model::view_for;
 

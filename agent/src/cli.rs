@@ -1,4 +1,4 @@
-//! The command line (CLI.md). Flags override the configuration file; the
+//! The command line (docs/cli.md). Flags override the configuration file; the
 //! non-secret ones can also come from `EDGENET_*` variables.
 
 use std::net::SocketAddr;

@@ -1,4 +1,4 @@
-//! The agent's TOML configuration (CLI.md), merged with command-line flags.
+//! The agent's TOML configuration (docs/cli.md), merged with command-line flags.
 //!
 //! Precedence: flags (and the `EDGENET_*` variables clap maps onto the
 //! non-secret flags) over the file over the defaults. Secrets only ever come
@@ -292,7 +292,7 @@ fn check_endpoint(endpoint: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// MODEL.md ids: `[A-Za-z0-9._-]{1,64}`.
+/// docs/model.md ids: `[A-Za-z0-9._-]{1,64}`.
 pub fn valid_node_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
         && id

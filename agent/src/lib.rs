@@ -6,11 +6,11 @@
 //! [`ops`] what the daemon shows its operator (metrics, systemd, heap).
 
 pub mod dataplane;
-pub mod desired;
 pub mod diff;
 pub mod render;
 pub mod snapshot;
 pub mod source;
+pub mod state;
 
 pub mod reconcile;
 

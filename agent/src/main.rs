@@ -35,7 +35,7 @@ fn main() -> ExitCode {
 }
 
 /// `--help`/`--version` print and succeed; anything else is a bad flag:
-/// one line, exit 1 (CLI.md), not clap's usual 2.
+/// one line, exit 1 (docs/cli.md), not clap's usual 2.
 fn usage_error(error: clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
     if matches!(

@@ -17,7 +17,6 @@ use rand::Rng;
 use tokio::sync::{mpsc, watch};
 
 use crate::dataplane::{Dataplane, DataplaneError};
-use crate::desired::{DriftEvent, KernelState};
 use crate::diff::{diff, ChangeSet};
 use crate::ops::heap;
 use crate::ops::metrics::Metrics;
@@ -25,6 +24,7 @@ use crate::ops::notify::{Heartbeat, SystemdNotifier};
 use crate::render::incremental::{self, Baseline};
 use crate::render::RenderSettings;
 use crate::snapshot::{Feedback, Snapshot, SnapshotReceiver};
+use crate::state::{DriftEvent, KernelState};
 
 mod after;
 
@@ -580,7 +580,7 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
 }
 
 /// `edgenetd apply`: read the kernel, diff, apply once; no retry. Returns
-/// CLI.md's text diff of the changes made, from the state id that was in
+/// docs/cli.md's text diff of the changes made, from the state id that was in
 /// force before.
 pub async fn apply_once(
     dataplane: &mut dyn Dataplane,

@@ -30,7 +30,7 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Validates `view` the way an agent must (MODEL.md): leave out what is
+    /// Validates `view` the way an agent must (docs/model.md): leave out what is
     /// invalid, keep the rest.
     pub fn from_view(node: &str, state_id: String, view: &NodeView) -> Snapshot {
         let sanitized = sanitize_view(view);
@@ -92,12 +92,12 @@ mod tests {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/cloud.json")
     }
 
-    /// MODEL.md: an instance that fails validation gets no access. Gone
+    /// docs/model.md: an instance that fails validation gets no access. Gone
     /// from the view, its address must still meet a `drop`, never no rule.
     #[test]
     fn an_invalid_instance_fails_closed() {
-        use crate::desired::{Family, TableId, DROP_VALUE};
         use crate::render::instances_map_name;
+        use crate::state::{Family, TableId, DROP_VALUE};
 
         let model = parse_model(&std::fs::read(example()).unwrap()).unwrap();
         let mut view = view_for(&model, "nc-1").unwrap();
@@ -113,7 +113,7 @@ mod tests {
 
         let rendered = snapshot.render(&RenderSettings::default()).unwrap();
         let inet = &rendered.desired.tables[&TableId::ours(Family::Inet)];
-        let verdicts = &inet.sets[&instances_map_name(crate::desired::IpFamily::V4)].elements;
+        let verdicts = &inet.sets[&instances_map_name(crate::state::IpFamily::V4)].elements;
         assert_eq!(verdicts[invalid_ip.as_str()].as_deref(), Some(DROP_VALUE));
         let valid_ip = &view.instances[1].private_ip;
         assert_ne!(verdicts[valid_ip.as_str()].as_deref(), Some(DROP_VALUE));

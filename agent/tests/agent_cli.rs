@@ -1,4 +1,4 @@
-//! The `edgenetd` binary as operators and external tests drive it (CLI.md):
+//! The `edgenetd` binary as operators and external tests drive it (docs/cli.md):
 //! diff output checked line by line against fixtures, exit codes, one-line
 //! errors, signals.
 //!
@@ -351,6 +351,10 @@ fn signals_reload_and_stop() {
 /// namespace of its own (root only; fails otherwise): drift is reported
 /// with exit 2 and planned back.
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
 fn status_reports_drift_on_the_kernel_in_a_namespace() {
     let root = Command::new("id")
         .arg("-u")
@@ -451,6 +455,10 @@ fn in_namespace(script: &str) -> Output {
 /// ProtectKernelTunables) with manage_sysctls on: the daemon warns, naming
 /// the key, and applies the rest; `status` shows it and exits 2.
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
 fn sysctl_problems_are_reported_and_the_rest_applied() {
     let out = in_namespace(
         r#"
@@ -479,6 +487,10 @@ echo "status rc=$?"
 
 /// A node where nothing was ever applied is not "in sync".
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
 fn status_says_nothing_applied_with_exit_1() {
     let out = in_namespace(
         r#"
@@ -590,6 +602,10 @@ fn first_boot_without_a_controller_is_ready_and_waits_for_the_first_view() {
 /// A restart while the controller is down, on a kernel holding an applied
 /// state: the agent adopts it (fail static) and is ready at once, saying so.
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
 fn a_restart_with_the_controller_down_runs_on_the_last_applied_state() {
     assert_root_and_nft();
     let mut notify = NotifySocket::new();
@@ -758,6 +774,10 @@ fn log_lines_carry_journal_priorities_when_stderr_is_the_journal() {
 /// `cleanup` removes our two tables, our routes and our addresses, and
 /// nothing else; `--dry-run` only says what it would remove.
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
 fn cleanup_removes_only_what_is_ours() {
     let out = in_namespace(
         r#"

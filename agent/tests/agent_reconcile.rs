@@ -235,7 +235,7 @@ async fn once_stops_after_the_first_apply() {
 }
 
 /// A view with one bad instance: the rest is applied under the view's id,
-/// and ApplyError names what was left out (PROTOCOL.md feedback).
+/// and ApplyError names what was left out (docs/protocol.md feedback).
 #[tokio::test]
 async fn a_partly_invalid_view_is_applied_without_the_bad_entity() {
     let agent = start(Duration::from_secs(3600));

@@ -16,12 +16,12 @@ use std::time::{Duration, Instant};
 
 use edgenet_agent::dataplane::linux::{LinuxConfig, LinuxDataplane};
 use edgenet_agent::dataplane::{Dataplane, DataplaneError};
-use edgenet_agent::desired::{DriftKind, Family, KernelState, NftChain, NftRule, Stmt, TableId};
 use edgenet_agent::diff::{diff, Change};
 use edgenet_agent::ops::metrics::Metrics;
 use edgenet_agent::reconcile::{ReconcileSettings, Reconciler};
 use edgenet_agent::render::{render, RenderSettings};
 use edgenet_agent::snapshot::{Feedback, Snapshot};
+use edgenet_agent::state::{DriftKind, Family, KernelState, NftChain, NftRule, Stmt, TableId};
 use edgenet_model::{Instance, NodeView};
 use nix::sched::{setns, CloneFlags};
 use tokio::sync::watch;
@@ -154,6 +154,10 @@ fn rule_handles(ns: &NetNs) -> BTreeMap<String, Vec<u64>> {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
 fn apply_then_read_back_then_nothing_more_to_do() {
     let ns = NetNs::node("apply");
     let state = ns.run(|| async {
@@ -219,6 +223,10 @@ fn apply_then_read_back_then_nothing_more_to_do() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
 fn foreign_routes_addresses_and_tables_survive() {
     let ns = NetNs::node("owner");
     ns.sh(
@@ -264,6 +272,10 @@ fn foreign_routes_addresses_and_tables_survive() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
 fn drift_of_route_chain_and_table_is_repaired() {
     let ns = NetNs::node("drift");
     let name = ns.name.clone();
@@ -341,6 +353,10 @@ async fn holds_before(deadline: Instant, mut condition: impl FnMut() -> bool) ->
 /// reload) takes our tables and their state id: the loop puts them back at
 /// once, not at the next periodic resync, and counts it as drift.
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
 fn a_flushed_ruleset_is_repaired_at_once_and_counted() {
     let ns = NetNs::node("flush");
     let name = ns.name.clone();
@@ -403,6 +419,10 @@ fn a_flushed_ruleset_is_repaired_at_once_and_counted() {
 /// call's timeout then kills it and fails the pass, retried as a full
 /// resync, and the pings resume.
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
 fn a_hung_nft_times_out_and_withholds_the_watchdog_meanwhile() {
     use edgenet_agent::dataplane::linux::NftRunner;
     use edgenet_agent::ops::notify;
@@ -511,6 +531,10 @@ impl Pings {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
 fn restart_on_a_set_up_kernel_changes_nothing() {
     let ns = NetNs::node("restart");
     ns.run(|| async {
@@ -544,6 +568,10 @@ fn restart_on_a_set_up_kernel_changes_nothing() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
 fn refused_transaction_leaves_nothing_half_applied() {
     let ns = NetNs::node("refused");
     ns.run(|| async {
@@ -588,6 +616,10 @@ fn refused_transaction_leaves_nothing_half_applied() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
 fn missing_bridge_is_deferred_and_the_rest_applied() {
     let ns = NetNs::new("nobridge");
     ns.sh("ip link add eth0 type veth peer name eth0-peer && ip link set eth0 up && ip link set eth0-peer up");
@@ -660,6 +692,10 @@ fn pings(vm: &NetNs, target: &str) -> bool {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
 fn security_groups_and_anti_spoofing_hold_for_bridged_traffic() {
     let node = NetNs::new("traffic");
     node.sh("ip link add eth0 type veth peer name eth0-peer && ip link set eth0 up && ip link set eth0-peer up && \
@@ -704,6 +740,10 @@ fn security_groups_and_anti_spoofing_hold_for_bridged_traffic() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
 fn missing_privileges_give_one_clear_error() {
     let ns = NetNs::node("noperm");
     ns.run(|| async {
@@ -731,6 +771,10 @@ fn missing_privileges_give_one_clear_error() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
 fn upgrade_from_per_port_chains_applies_in_one_transaction() {
     // The layout of earlier versions: a verdict map of ports jumping to a
     // chain per port, referenced from the base chain.
@@ -807,6 +851,10 @@ async fn add_instance_c(fast_path: bool) -> (KernelState, u64) {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
 fn an_instance_added_through_the_fast_path_reads_back_as_nft_writes_it() {
     let fast = NetNs::node("fast");
     let slow = NetNs::node("slow");
@@ -853,6 +901,10 @@ fn an_instance_added_through_the_fast_path_reads_back_as_nft_writes_it() {
 /// (destination, table, metric) is neither replaced by ours nor deleted
 /// when the view drops it; the conflict is reported and the rest applied.
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
 fn a_route_held_by_another_protocol_is_never_replaced_or_deleted() {
     let ns = NetNs::node("conflict");
     ns.sh("ip route add 10.2.0.0/16 dev eth0 proto static metric 100");
@@ -900,6 +952,10 @@ fn a_route_held_by_another_protocol_is_never_replaced_or_deleted() {
 /// The conflict reaches the operator: the `ApplyError` fed back to the
 /// server names the route and its owner, and the metric counts it.
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
 fn a_route_conflict_is_fed_back_and_counted() {
     use edgenet_agent::ops::metrics::Metrics;
     use edgenet_agent::reconcile::{ReconcileSettings, Reconciler};

@@ -70,7 +70,7 @@ pub struct KeyStore {
 }
 
 impl KeyStore {
-    /// Loads the TOML credentials file (CLI.md), refused unless mode 0600 or
+    /// Loads the TOML credentials file (docs/cli.md), refused unless mode 0600 or
     /// stricter and owned by the current user.
     pub fn load(path: &Path) -> Result<Self, KeysError> {
         let bytes = read_private_file(path)?;

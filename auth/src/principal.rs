@@ -1,4 +1,4 @@
-//! Who made a request, and what they may see (PROTOCOL.md "Who may see what").
+//! Who made a request, and what they may see (docs/protocol.md "Who may see what").
 
 use std::time::SystemTime;
 

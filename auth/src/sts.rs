@@ -45,7 +45,7 @@ pub enum StsError {
 }
 
 impl StsError {
-    /// HTTP status and STS error code (PROTOCOL.md "AssumeRole").
+    /// HTTP status and STS error code (docs/protocol.md "AssumeRole").
     pub fn status_and_code(&self) -> (u16, &'static str) {
         match self {
             StsError::InvalidClientTokenId(_) => (403, "InvalidClientTokenId"),
@@ -282,7 +282,7 @@ impl DevSts {
         self.assume_role(&caller, &params, now)
     }
 
-    /// `AssumeRole` for an authenticated `caller` (PROTOCOL.md rules: no role
+    /// `AssumeRole` for an authenticated `caller` (docs/protocol.md rules: no role
     /// chaining, only the key's roles, node-bound keys only as their node).
     pub fn assume_role(
         &self,

@@ -16,7 +16,7 @@ use crate::principal::Principal;
 
 const ALGORITHM: &str = "AWS4-HMAC-SHA256";
 const TERMINATOR: &str = "aws4_request";
-/// `X-Amz-Date` may be this far from the server clock (PROTOCOL.md).
+/// `X-Amz-Date` may be this far from the server clock (docs/protocol.md).
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
 
 /// Which API a request was for: the same failure has different codes in
@@ -47,7 +47,7 @@ pub enum VerifyError {
 }
 
 impl VerifyError {
-    /// HTTP status and error code for this failure in `api` (PROTOCOL.md
+    /// HTTP status and error code for this failure in `api` (docs/protocol.md
     /// tables). Malformed or missing signatures are `AuthFailure` for the
     /// describe API (no usable credentials), and the AWS codes for STS.
     pub fn status_and_code(&self, api: Api) -> (u16, &'static str) {
@@ -164,7 +164,7 @@ impl Verifier {
     }
 
     /// The scope must name this server's region, the expected service and the
-    /// day of `X-Amz-Date`; anything else is a wrong signature (PROTOCOL.md).
+    /// day of `X-Amz-Date`; anything else is a wrong signature (docs/protocol.md).
     fn check_scope(
         &self,
         a: &AuthHeader<'_>,
@@ -327,7 +327,7 @@ pub(crate) fn format_amz_date(t: SystemTime) -> String {
 }
 
 /// The session token, which must be covered by the signature when present
-/// (PROTOCOL.md: "present and signed").
+/// (docs/protocol.md: "present and signed").
 fn session_token<'a>(
     headers: &'a HeaderMap,
     auth: &AuthHeader<'_>,
@@ -434,7 +434,7 @@ const PATH_SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERI
     .remove(b'/');
 
 /// Query parameters decoded (`+` and `%20` are both a space, as in
-/// PROTOCOL.md), re-encoded the SigV4 way and sorted.
+/// docs/protocol.md), re-encoded the SigV4 way and sorted.
 pub(crate) fn canonical_query(query: &str) -> String {
     let mut pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
         .map(|(k, v)| {

@@ -7,7 +7,7 @@
 //!   without dot-segment normalisation. EC2/STS (and so our server) normalise
 //!   paths, so these are outside the Query APIs we serve.
 //! - `post-sts-header-after`: the session token is sent but not signed. Our
-//!   server requires `X-Amz-Security-Token` to be signed (PROTOCOL.md:
+//!   server requires `X-Amz-Security-Token` to be signed (docs/protocol.md:
 //!   "present and signed"), so it refuses this on purpose (checked below).
 //! - `double-encode-path`, `double-url-encode`: no context (secret, time) is
 //!   shipped, so only their canonical requests are checked.

@@ -1,5 +1,5 @@
 //! The verifier refuses tampered, stale and unauthenticated requests with
-//! the codes of PROTOCOL.md; least privilege is enforced through `Principal`.
+//! the codes of docs/protocol.md; least privilege is enforced through `Principal`.
 
 mod common;
 

@@ -74,7 +74,7 @@ pub(crate) fn to_canonical_vec<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("model types serialise without error")
 }
 
-/// MODEL.md's route order: destination, gateway, device, each as written,
+/// docs/model.md's route order: destination, gateway, device, each as written,
 /// bytewise, absent first; a stable sort keeps the model's order on ties.
 pub(crate) fn route_order(a: &Route, b: &Route) -> std::cmp::Ordering {
     (&a.destination, &a.gateway, &a.device).cmp(&(&b.destination, &b.gateway, &b.device))
@@ -98,7 +98,7 @@ pub(crate) fn canonical_instance(instance: &Instance) -> std::borrow::Cow<'_, In
 }
 
 impl NodeView {
-    /// Puts every list in MODEL.md's canonical order. Views made by
+    /// Puts every list in docs/model.md's canonical order. Views made by
     /// [`crate::view_for`] already are; a view read from the wire may not be.
     pub fn canonicalize(&mut self) {
         sort_numerically(&mut self.public_ips);

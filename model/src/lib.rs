@@ -6,6 +6,7 @@ pub use types::*;
 pub mod addr;
 pub mod backoff;
 pub mod canonical;
+pub mod change;
 pub mod error;
 pub mod index;
 pub mod parse;
@@ -16,6 +17,7 @@ pub mod validate;
 pub mod view;
 
 pub use canonical::StateId;
+pub use change::{KindChange, ModelChange, RouteChange};
 pub use error::{Entity, ModelError, ValidationError, ValidationErrors};
 pub use index::{ModelIndex, ViewEntry};
 pub use parse::{parse_document, parse_model, parse_view};

@@ -1,4 +1,4 @@
-//! The cloud model and the node view, as MODEL.md gives them.
+//! The cloud model and the node view, as docs/model.md gives them.
 //!
 //! Addresses, CIDRs and numbers are kept exactly as written: the canonical
 //! form (and so the state id) is defined over the text of the model, and a
@@ -238,7 +238,7 @@ pub struct NodeView {
     pub subnets: Vec<Subnet>,
 }
 
-/// An optional field that, when present, must not be `null`: MODEL.md says an
+/// An optional field that, when present, must not be `null`: docs/model.md says an
 /// explicit `"metadata": null` is invalid while an absent one is fine.
 fn present_not_null<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
 where

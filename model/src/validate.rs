@@ -57,7 +57,7 @@ impl<'a> Document<'a> {
 }
 
 impl CloudModel {
-    /// Checks everything MODEL.md lists and returns every error found.
+    /// Checks everything docs/model.md lists and returns every error found.
     pub fn validate(&self) -> Result<(), ValidationErrors> {
         let errors = check(&Document::of_model(self));
         if errors.is_empty() {

@@ -101,7 +101,7 @@ pub struct SanitizedView {
 }
 
 /// Validates a view as an agent receives it and removes what fails, so one
-/// bad entity never stops the rest (MODEL.md). Removing an entity can make
+/// bad entity never stops the rest (docs/model.md). Removing an entity can make
 /// another invalid (an instance whose subnet went), so this repeats until
 /// the view is clean; each round removes at least one entity.
 pub fn sanitize_view(view: &NodeView) -> SanitizedView {

@@ -1,4 +1,4 @@
-//! Node views and state ids: the properties MODEL.md promises.
+//! Node views and state ids: the properties docs/model.md promises.
 
 use std::sync::Arc;
 

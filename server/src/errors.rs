@@ -1,4 +1,4 @@
-//! The one error type of the describe API, mapped to PROTOCOL.md's
+//! The one error type of the describe API, mapped to docs/protocol.md's
 //! status/code table.
 
 use edgenet_auth::{Api, VerifyError};
@@ -27,7 +27,7 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    /// HTTP status and the `Error.Code` of PROTOCOL.md.
+    /// HTTP status and the `Error.Code` of docs/protocol.md.
     pub fn status_and_code(&self) -> (u16, &'static str) {
         match self {
             ApiError::MissingParameter(_) => (400, "MissingParameter"),

@@ -1,5 +1,5 @@
 //! HTTP request handling: routing, authentication, authorization, parameters
-//! (in that order, PROTOCOL.md), the actions, and the answers' wire form.
+//! (in that order, docs/protocol.md), the actions, and the answers' wire form.
 
 use std::future::Future;
 use std::io::Write;
@@ -17,8 +17,8 @@ use crate::errors::ApiError;
 use crate::http1::{BodyError, RequestBody};
 use crate::hub::{Hub, PollAnswer, PollError};
 use crate::metrics::{AnswerKind, Metrics};
-use crate::model_source::ModelSource;
 use crate::params::{self, Params};
+use crate::source::SourceStatus;
 use crate::status::{describe_node_status, FeedbackStore};
 
 /// `Retry-After` of a 503: long enough for parked polls to drain a little.
@@ -44,8 +44,8 @@ pub struct Limits {
 pub struct AppState {
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
-    pub feedback: FeedbackStore,
-    pub source: Arc<ModelSource>,
+    pub feedback: Arc<FeedbackStore>,
+    pub source: Arc<SourceStatus>,
     pub auth: Auth,
     pub limits: Limits,
 }
@@ -111,7 +111,16 @@ fn route(state: &AppState, req: Request<RequestBody>, request_id: &str) -> Route
     if parts.method == Method::GET && !query.contains("Action=") {
         match parts.uri.path() {
             "/healthz" => {
-                let r = plain(StatusCode::OK, "text/plain", "ok\n".into());
+                // Unhealthy still serves the last valid model: the 503 tells
+                // an operator (or a load balancer) why, not agents to stop.
+                let r = match state.source.unhealthy_reason() {
+                    None => plain(StatusCode::OK, "text/plain", "ok\n".into()),
+                    Some(reason) => plain(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "text/plain",
+                        format!("unhealthy: {reason}\n").into(),
+                    ),
+                };
                 return Routed::answered(r, AnswerKind::Ok);
             }
             "/metrics" => {
@@ -314,7 +323,7 @@ fn describe_status(
     Ok(Answer::Json(describe_node_status(
         &index,
         &state.feedback,
-        &state.source.status(),
+        &state.source.snapshot(),
     )))
 }
 

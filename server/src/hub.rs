@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
-use edgenet_model::{CloudModel, ModelIndex, StateId};
+use edgenet_model::{CloudModel, ModelChange, ModelIndex, StateId};
 use rand::Rng;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -113,7 +113,18 @@ impl Hub {
     /// (CPU-heavy for big models, so call it from a blocking thread), then swaps.
     pub fn install_model(&self, model: Arc<CloudModel>) -> SwapReport {
         let _one_reload_at_a_time = lock(&self.reload);
-        let (next, changed) = self.current().update(model);
+        let current = self.current();
+        let change = ModelChange::between(current.model(), &model);
+        let (next, changed) = current.apply(model, &change);
+        self.swap(Arc::new(next), changed)
+    }
+
+    /// Installs `model`, which must be the served model with `change`
+    /// applied: only the views the change reaches are recomputed, and only
+    /// their parked polls are woken.
+    pub fn install_change(&self, model: Arc<CloudModel>, change: &ModelChange) -> SwapReport {
+        let _one_reload_at_a_time = lock(&self.reload);
+        let (next, changed) = self.current().apply(model, change);
         self.swap(Arc::new(next), changed)
     }
 
@@ -121,10 +132,15 @@ impl Hub {
     /// changed nodes, all under the watch lock that subscriptions take.
     fn swap(&self, next: Arc<ModelIndex>, changed_nodes: Vec<String>) -> SwapReport {
         let mut watches = lock(&self.watches);
-        *self
-            .current
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = next.clone();
+        // The old index is dropped after the wake-ups and outside the
+        // locks: freeing a large model takes milliseconds no poll should wait.
+        let _old = std::mem::replace(
+            &mut *self
+                .current
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            next.clone(),
+        );
         let mut woken_polls = 0;
         for node in &changed_nodes {
             if let Some(tx) = watches.get(node) {
@@ -136,6 +152,7 @@ impl Hub {
         // with the then-current id, so dropping it here loses nothing and
         // keeps the map as small as the set of parked nodes.
         watches.retain(|node, tx| tx.receiver_count() > 0 && next.state_id(node).is_some());
+        drop(watches);
         SwapReport {
             changed_nodes,
             woken_polls,

@@ -10,9 +10,10 @@ pub mod handlers;
 pub mod http1;
 pub mod hub;
 pub mod metrics;
-pub mod model_source;
 pub mod params;
+pub mod source;
 pub mod status;
+pub mod store;
 pub mod tls;
 
 use std::net::{IpAddr, SocketAddr};
@@ -26,12 +27,15 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
-pub use cli::Cli;
+pub use cli::{Cli, ModelAction, ModelCli};
 use handlers::{AppState, Auth, Limits};
 use hub::Hub;
 use metrics::Metrics;
-use model_source::{ModelSource, SourceError};
+use source::etcd::EtcdSource;
+use source::file::{FileSource, SourceError};
+use source::SourceStatus;
 use status::FeedbackStore;
+use store::StoreError;
 use tls::TlsError;
 
 /// Why the server did not start.
@@ -43,6 +47,8 @@ pub enum StartError {
     Keys(#[from] KeysError),
     #[error(transparent)]
     Model(#[from] SourceError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("cannot listen on {addr}: {reason}")]
@@ -85,15 +91,25 @@ impl Server {
     }
 }
 
+/// A model source ready to run once the hub exists.
+enum Source {
+    File(Arc<FileSource>),
+    Etcd(Box<(EtcdSource, etcd_client::Client)>),
+}
+
 /// Loads credentials and the model, binds the listener and starts serving.
 pub async fn start(cli: &Cli) -> Result<Server, StartError> {
     let auth = build_auth(cli)?;
-    let (source, model) = ModelSource::load_initial(&cli.model)?;
+    let feedback = Arc::new(match cli.etcd {
+        Some(_) => FeedbackStore::replicated(),
+        None => FeedbackStore::default(),
+    });
+    let (source, status, model) = open_source(cli, &feedback).await?;
     let model = Arc::new(model);
     let index = tokio::task::spawn_blocking(move || ModelIndex::build(model))
         .await
         .expect("building the model index does not panic");
-    tracing::info!(path = %cli.model.display(), nodes = index.len(), "model loaded");
+    tracing::info!(nodes = index.len(), "model loaded");
     let tls = match (&cli.tls_cert, &cli.tls_key) {
         (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
         _ => None,
@@ -111,8 +127,8 @@ pub async fn start(cli: &Cli) -> Result<Server, StartError> {
     let state = Arc::new(AppState {
         hub: hub.clone(),
         metrics: metrics.clone(),
-        feedback: FeedbackStore::default(),
-        source: source.clone(),
+        feedback: feedback.clone(),
+        source: status,
         auth,
         limits: Limits {
             max_wait: Duration::from_secs(cli.max_wait_seconds),
@@ -120,11 +136,28 @@ pub async fn start(cli: &Cli) -> Result<Server, StartError> {
     });
     let (stop, stop_rx) = watch::channel(false);
     let debounce = Duration::from_millis(cli.reload_debounce_ms);
-    tokio::spawn(async move {
-        if let Err(e) = source.watch(hub, metrics, debounce, stop_rx).await {
-            tracing::error!(error = %e, "model file watch stopped");
+    match source {
+        Source::File(source) => {
+            tokio::spawn(async move {
+                if let Err(e) = source.watch(hub, metrics, debounce, stop_rx).await {
+                    tracing::error!(error = %e, "model file watch stopped");
+                }
+            });
         }
-    });
+        Source::Etcd(etcd) => {
+            let (source, client) = *etcd;
+            let layout = cli.etcd_options.config("").layout();
+            let flush = store::feedback::flush_loop(
+                client.clone(),
+                layout,
+                feedback,
+                metrics.clone(),
+                stop_rx.clone(),
+            );
+            tokio::spawn(flush);
+            tokio::spawn(source.run(client, hub, metrics, stop_rx));
+        }
+    }
     let admission = http1::Admission::for_this_process();
     tracing::info!(budget = admission.budget(), "connection budget");
     let conn = Connections {
@@ -149,6 +182,35 @@ pub async fn start(cli: &Cli) -> Result<Server, StartError> {
 /// Thousands of agents reconnect at once after a restart or failover: a deep
 /// accept backlog keeps their SYNs from being dropped (and retried seconds later).
 const LISTEN_BACKLOG: u32 = 4096;
+
+/// The file read at start (missing or invalid stops the server), or etcd:
+/// an empty model until the source's first read, which it does itself.
+async fn open_source(
+    cli: &Cli,
+    feedback: &Arc<FeedbackStore>,
+) -> Result<(Source, Arc<SourceStatus>, edgenet_model::CloudModel), StartError> {
+    match (&cli.model, &cli.etcd) {
+        (_, Some(urls)) => {
+            let config = cli.etcd_options.config(urls);
+            let client = config.connect().await?;
+            let source = EtcdSource::new(&config, feedback.clone());
+            let status = source.status();
+            tracing::info!(endpoints = urls, prefix = %config.layout().prefix(), "model from etcd");
+            Ok((
+                Source::Etcd(Box::new((source, client))),
+                status,
+                EtcdSource::initial_model(),
+            ))
+        }
+        (Some(path), None) => {
+            let (source, model) = FileSource::load_initial(path)?;
+            tracing::info!(path = %path.display(), "model from file");
+            let status = source.status();
+            Ok((Source::File(source), status, model))
+        }
+        (None, None) => unreachable!("clap requires --model or --etcd"),
+    }
+}
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {

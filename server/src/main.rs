@@ -1,12 +1,16 @@
-//! `edgenet-server`: see `edgenet-server --help` and CLI.md.
+//! `edgenet-server`: see `edgenet-server --help` and docs/cli.md.
 
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use edgenet_server::Cli;
+use edgenet_server::store::push;
+use edgenet_server::{Cli, ModelAction, ModelCli};
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("model") {
+        return model_command();
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
@@ -69,4 +73,61 @@ fn init_logging() {
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .init();
+}
+
+/// `edgenet-server model push|pull`.
+fn model_command() -> ExitCode {
+    let cli = match ModelCli::try_parse_from(std::env::args().skip(1)) {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(1);
+        }
+    };
+    init_logging();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("edgenet-server: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run_model_command(cli.action)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("edgenet-server model: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run_model_command(action: ModelAction) -> anyhow::Result<()> {
+    match action {
+        ModelAction::Push {
+            etcd,
+            options,
+            file,
+        } => {
+            let report = push::push(&options.config(&etcd), &file).await?;
+            match report.commit_revision {
+                None => eprintln!("edgenet-server model push: nothing differed, nothing written"),
+                Some(revision) => eprintln!(
+                    "edgenet-server model push: {} put, {} deleted in {} transactions, committed at revision {revision}",
+                    report.puts, report.deletes, report.transactions
+                ),
+            }
+        }
+        ModelAction::Pull { etcd, options } => {
+            let model = push::pull(&options.config(&etcd)).await?;
+            let mut text = serde_json::to_string_pretty(&model)?;
+            text.push('\n');
+            use std::io::Write;
+            std::io::stdout().write_all(text.as_bytes())?;
+        }
+    }
+    Ok(())
 }

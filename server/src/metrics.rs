@@ -27,6 +27,11 @@ pub struct Metrics {
     answers_error: AtomicU64,
     reloads_ok: AtomicU64,
     reloads_refused: AtomicU64,
+    model_reads: AtomicU64,
+    /// With etcd: the commit revision served, watch restarts, errors.
+    commit_revision: AtomicU64,
+    watch_restarts: AtomicU64,
+    etcd_errors: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_micros: AtomicU64,
@@ -53,6 +58,28 @@ impl Metrics {
 
     pub fn reload_ok(&self) {
         self.reloads_ok.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One read of the model file.
+    pub fn model_read(&self) {
+        self.model_reads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn model_reads(&self) -> u64 {
+        self.model_reads.load(Ordering::Relaxed)
+    }
+
+    pub fn commit_revision_served(&self, revision: i64) {
+        self.commit_revision
+            .store(revision.max(0) as u64, Ordering::Relaxed);
+    }
+
+    pub fn watch_restarted(&self) {
+        self.watch_restarts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn etcd_error(&self) {
+        self.etcd_errors.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn reload_refused(&self) {
@@ -103,6 +130,36 @@ impl Metrics {
             "edgenet_server_model_reloads_total{{result=\"refused\"}} {}",
             get(&self.reloads_refused)
         );
+        for (name, help, kind, value) in [
+            (
+                "edgenet_server_model_reads_total",
+                "Reads of the model file.",
+                "counter",
+                &self.model_reads,
+            ),
+            (
+                "edgenet_server_commit_revision",
+                "With etcd: the etcd revision of the commit served.",
+                "gauge",
+                &self.commit_revision,
+            ),
+            (
+                "edgenet_server_etcd_watch_restarts_total",
+                "With etcd: watches started again (lost, compacted) with a full read.",
+                "counter",
+                &self.watch_restarts,
+            ),
+            (
+                "edgenet_server_etcd_errors_total",
+                "With etcd: failed etcd requests and watches.",
+                "counter",
+                &self.etcd_errors,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            let _ = writeln!(out, "{name} {}", get(value));
+        }
         let _ = writeln!(out, "# HELP edgenet_server_request_duration_seconds Time from request to answer, parked time included.");
         let _ = writeln!(
             out,

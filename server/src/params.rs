@@ -1,4 +1,4 @@
-//! Query/form parameter parsing (PROTOCOL.md "Request").
+//! Query/form parameter parsing (docs/protocol.md "Request").
 //!
 //! Both the GET query and the POST form body are `application/x-www-form-urlencoded`
 //! (`+` and `%20` are both a space). A parameter given twice, in one part or

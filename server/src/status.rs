@@ -9,6 +9,7 @@ use edgenet_model::ModelIndex;
 use serde::Serialize;
 
 use crate::params::Feedback;
+use crate::source::SourceKind;
 
 /// What a node last told the server.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -18,19 +19,44 @@ pub struct NodeRecord {
     pub error: Option<String>,
 }
 
-/// Feedback of every node that polled.
+/// Feedback of every node that polled. With replicas (etcd) it also holds
+/// what the other replicas wrote, and remembers which records changed here
+/// since they were last written to the store.
 #[derive(Default)]
 pub struct FeedbackStore {
-    nodes: Mutex<HashMap<String, NodeRecord>>,
+    inner: Mutex<Records>,
+}
+
+#[derive(Default)]
+struct Records {
+    nodes: HashMap<String, NodeRecord>,
+    /// Nodes recorded here since they were last taken by
+    /// [`FeedbackStore::take_dirty`]: whether the applied id or error
+    /// changed (not just LastSeen), and when the node was first marked.
+    dirty: Option<HashMap<String, (bool, u64)>>,
+    /// Counts markings, to take the longest-waiting records first.
+    marks: u64,
 }
 
 impl FeedbackStore {
-    /// Records a poll of `node` (PROTOCOL.md "Feedback semantics"): an
+    /// A store whose local records are written out for the other replicas.
+    pub fn replicated() -> Self {
+        FeedbackStore {
+            inner: Mutex::new(Records {
+                nodes: HashMap::new(),
+                dirty: Some(HashMap::new()),
+                marks: 0,
+            }),
+        }
+    }
+
+    /// Records a poll of `node` (docs/protocol.md "Feedback semantics"): an
     /// `ApplyError` is kept; `AppliedStateId` without `ApplyError` clears it;
     /// a poll with neither only updates LastSeen.
     pub fn record(&self, node: &str, feedback: &Feedback, now: SystemTime) {
-        let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
-        let record = nodes.entry(node.to_owned()).or_default();
+        let mut inner = self.lock();
+        let record = inner.nodes.entry(node.to_owned()).or_default();
+        let before = (record.applied_state_id.clone(), record.error.clone());
         record.last_seen = Some(now);
         if let Some(applied) = &feedback.applied_state_id {
             record.applied_state_id = Some(applied.clone()).filter(|a| !a.is_empty());
@@ -39,22 +65,72 @@ impl FeedbackStore {
         if let Some(error) = &feedback.apply_error {
             record.error = Some(error.clone());
         }
+        let changed = before != (record.applied_state_id.clone(), record.error.clone());
+        inner.marks += 1;
+        let mark = inner.marks;
+        if let Some(dirty) = inner.dirty.as_mut() {
+            dirty.entry(node.to_owned()).or_insert((false, mark)).0 |= changed;
+        }
+    }
+
+    /// Takes in another replica's record of `node` if it saw the node last.
+    pub fn merge(&self, node: &str, remote: NodeRecord) {
+        let mut inner = self.lock();
+        let local = inner.nodes.entry(node.to_owned()).or_default();
+        if remote.last_seen > local.last_seen {
+            *local = remote;
+        }
+    }
+
+    /// Up to `max` records changed here: those whose applied id or error
+    /// changed first, then the longest waiting; the rest stay for the next
+    /// call, so under any load every record is written in its turn.
+    pub fn take_dirty(&self, max: usize) -> Vec<(String, NodeRecord)> {
+        let mut inner = self.lock();
+        let Some(dirty) = inner.dirty.as_mut() else {
+            return Vec::new();
+        };
+        let mut nodes: Vec<(String, (bool, u64))> =
+            dirty.iter().map(|(n, m)| (n.clone(), *m)).collect();
+        nodes.sort_by(|(_, (changed_a, mark_a)), (_, (changed_b, mark_b))| {
+            changed_b.cmp(changed_a).then(mark_a.cmp(mark_b))
+        });
+        nodes.truncate(max);
+        for (node, _) in &nodes {
+            dirty.remove(node);
+        }
+        nodes
+            .into_iter()
+            .filter_map(|(node, _)| {
+                let record = inner.nodes.get(&node)?.clone();
+                Some((node, record))
+            })
+            .collect()
     }
 
     pub fn get(&self, node: &str) -> NodeRecord {
-        let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
-        nodes.get(node).cloned().unwrap_or_default()
+        self.lock().nodes.get(node).cloned().unwrap_or_default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Records> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-/// The model file as last read.
+/// The model source as last read.
 #[derive(Debug, Clone)]
 pub struct ModelStatus {
+    pub source: SourceKind,
+    /// The model file, or the etcd key prefix.
     pub path: String,
     pub loaded_at: SystemTime,
     /// Validation errors of the last refused file, until a valid one loads.
     pub last_error: Option<String>,
     pub invalid_count: u64,
+    /// With etcd: the commit revision served.
+    pub revision: Option<i64>,
+    /// With etcd: why the store cannot be reached now.
+    pub store_error: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -78,6 +154,11 @@ struct NodeDoc {
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
 struct ModelDoc<'a> {
+    source: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revision: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    store_error: Option<&'a str>,
     path: &'a str,
     loaded_at: String,
     last_error: Option<&'a str>,
@@ -112,6 +193,9 @@ pub fn describe_node_status(
     let doc = StatusDoc {
         nodes,
         model: ModelDoc {
+            source: model.source.as_str(),
+            revision: model.revision,
+            store_error: model.store_error.as_deref(),
             path: &model.path,
             loaded_at: rfc3339(model.loaded_at),
             last_error: model.last_error.as_deref(),

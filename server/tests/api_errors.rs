@@ -1,4 +1,4 @@
-//! Every error code of PROTOCOL.md, the check order (authentication →
+//! Every error code of docs/protocol.md, the check order (authentication →
 //! authorization → parameters), least privilege and the development STS.
 
 mod common;

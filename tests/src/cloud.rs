@@ -33,6 +33,8 @@ use crate::prereq;
 use crate::probe::{self, Reply, Responder};
 use crate::process::{tail, Daemon};
 
+mod etcd;
+
 pub const REGION: &str = "eucalyptus";
 pub const ROLE_ARN: &str = "arn:aws:iam::000000000000:role/edgenet-node";
 pub const ADMIN_ROLE_ARN: &str = "arn:aws:iam::000000000000:role/edgenet-admin";
@@ -68,6 +70,9 @@ pub struct CloudOptions {
     /// Also run a second server (same model, keys and token key) on
     /// [`REPLICA_PORT`], listed second in the agents' endpoints.
     pub replica: bool,
+    /// With N > 0: the model lives in an N-member etcd cluster in the cloud
+    /// namespace, the servers run with `--etcd`, and `write_model` pushes.
+    pub etcd_members: usize,
 }
 
 impl Default for CloudOptions {
@@ -80,6 +85,7 @@ impl Default for CloudOptions {
             server_args: Vec::new(),
             start_agents: true,
             replica: false,
+            etcd_members: 0,
         }
     }
 }
@@ -95,6 +101,8 @@ pub struct InstanceNs {
 /// first, then namespaces, then the scratch directory.
 pub struct Cloud {
     agents: BTreeMap<String, Daemon>,
+    /// etcd members by number (with `etcd_members`).
+    etcd: BTreeMap<usize, Daemon>,
     /// Servers by listening port.
     servers: BTreeMap<u16, Daemon>,
     responders: Vec<Responder>,
@@ -128,6 +136,7 @@ impl Cloud {
         links::bridge(&underlay, "ul")?;
         let mut cloud = Cloud {
             agents: BTreeMap::new(),
+            etcd: BTreeMap::new(),
             servers: BTreeMap::new(),
             responders: Vec::new(),
             instances: BTreeMap::new(),
@@ -151,6 +160,10 @@ impl Cloud {
         }
         cloud.start_responders()?;
         cloud.write_files()?;
+        if cloud.options.etcd_members > 0 {
+            cloud.start_etcd_cluster()?;
+            cloud.push_model_file()?;
+        }
         cloud.start_server()?;
         if cloud.options.replica {
             cloud.start_server_on(REPLICA_PORT)?;
@@ -347,9 +360,17 @@ impl Cloud {
     /// Starts (or restarts) a server listening on `port` (all addresses).
     pub fn start_server_on(&mut self, port: u16) -> Result<()> {
         let d = self.dir();
+        let source = if self.options.etcd_members > 0 {
+            ["--etcd".to_owned(), self.etcd_urls()]
+        } else {
+            [
+                "--model".to_owned(),
+                self.model_path().display().to_string(),
+            ]
+        };
         let mut args: Vec<String> = vec![
-            "--model".into(),
-            self.model_path().display().to_string(),
+            source[0].clone(),
+            source[1].clone(),
             "--listen".into(),
             format!("0.0.0.0:{port}"),
             "--credentials".into(),
@@ -472,6 +493,9 @@ impl Cloud {
     pub fn write_model(&mut self, model: Value) -> Result<()> {
         model::write_atomic(&self.model_path(), &model)?;
         self.model = model;
+        if self.options.etcd_members > 0 {
+            self.push_model_file()?;
+        }
         Ok(())
     }
 

@@ -463,7 +463,7 @@ fn public_ip_moves_to_an_instance_on_the_other_node() {
     }
     let internet = &cloud.internet;
     // The internet's ARP entry still names nc-1's MAC: edgenetd sends no
-    // gratuitous ARP for a moved address (DATAPLANE.md asks for none), so
+    // gratuitous ARP for a moved address (docs/dataplane.md asks for none), so
     // a router re-resolves only once its entry goes stale. Forget it now
     // rather than wait for that.
     internet.ip(&["neigh", "flush", "dev", "eth0"]).unwrap();

@@ -14,8 +14,8 @@ use crate::cli::{CleanupArgs, DataplaneKind};
 use crate::commands::dry_run;
 use crate::dataplane::linux::{LinuxConfig, LinuxDataplane};
 use crate::dataplane::Dataplane;
-use crate::desired::{AddressOwnership, KernelState};
 use crate::diff::diff;
+use crate::state::{AddressOwnership, KernelState};
 
 pub async fn cleanup(args: CleanupArgs) -> Result<u8> {
     if args.source.dataplane != DataplaneKind::Kernel {

@@ -13,13 +13,13 @@ use tokio::sync::watch;
 
 use crate::cli::OutputFormat;
 use crate::dataplane::Dataplane;
-use crate::desired::KernelState;
 use crate::diff::entity::Attribution;
 use crate::diff::plan::{DeviceCheck, HostDevices, PlanContext, PlanHeader};
 use crate::diff::{diff, ChangeSet};
 use crate::ops::notify::SystemdNotifier;
 use crate::render::RenderSettings;
 use crate::snapshot::{Snapshot, SnapshotReceiver};
+use crate::state::KernelState;
 use edgenet_model::NodeView;
 
 #[derive(Debug, thiserror::Error)]

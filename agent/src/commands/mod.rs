@@ -20,12 +20,12 @@ use crate::cli::{Cli, Command, DataplaneKind, SourceArgs};
 use crate::config::Config;
 use crate::dataplane::linux::{LinuxConfig, LinuxDataplane};
 use crate::dataplane::{Dataplane, MemoryDataplane};
-use crate::desired::KernelState;
 use crate::ops::metrics::Metrics;
 use crate::render::RenderSettings;
 use crate::snapshot::{Feedback, Snapshot};
 use crate::source::poller::{credentials_from_config, PollAnswer, Poller, PollerConfig};
 use crate::source::snapshot_from_model_file;
+use crate::state::KernelState;
 
 /// `plan`: changes pending; `status`: drift.
 pub const EXIT_DIFFERENCES: u8 = 2;

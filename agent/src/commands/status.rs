@@ -9,8 +9,8 @@ use super::{
 use crate::cli::{OutputFormat, SourceArgs, StatusArgs};
 use crate::commands::dry_run;
 use crate::config::Config;
-use crate::desired::{AddressOwnership, KernelState};
 use crate::diff::diff;
+use crate::state::{AddressOwnership, KernelState};
 
 /// The kernel holds no state of ours (never applied, or all of it removed).
 const EXIT_NOTHING_APPLIED: u8 = 1;

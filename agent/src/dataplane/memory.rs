@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 
 use super::{ApplyReport, Dataplane, DataplaneError, DeferredChange};
-use crate::desired::{DriftEvent, DriftKind, KernelState};
 use crate::diff::{Change, ChangeSet};
+use crate::state::{DriftEvent, DriftKind, KernelState};
 
 /// Counters of what the memory dataplane was asked to do.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

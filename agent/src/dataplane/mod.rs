@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
-use crate::desired::{DriftEvent, KernelState};
 use crate::diff::{Change, ChangeSet};
+use crate::state::{DriftEvent, KernelState};
 
 pub mod linux;
 pub mod memory;

@@ -1,7 +1,7 @@
 //! Bringing a cached kernel state up to date with the changes made to it.
 
 use super::{Change, ChangeSet};
-use crate::desired::KernelState;
+use crate::state::KernelState;
 
 impl ChangeSet<'_> {
     /// Bring a cached actual state up to date after these changes were made

@@ -14,8 +14,8 @@ use edgenet_model::NodeView;
 use serde::Serialize;
 
 use super::Change;
-use crate::desired::RouteKey;
 use crate::render::names::{group_of_chain, group_of_set, instance_of_chain};
+use crate::state::RouteKey;
 
 /// Kinds in the order a plan lists them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]

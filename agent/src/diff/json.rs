@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::entity::Entity;
 use super::plan::{problem, rule_changes, PlanContext, PlanHeader};
 use super::{Change, ChangeSet, Op};
-use crate::desired::{RouteKey, RouteSpec};
+use crate::state::{RouteKey, RouteSpec};
 
 /// Bumped when a field changes meaning or goes away; added fields keep it.
 pub const PLAN_FORMAT_VERSION: u32 = 2;

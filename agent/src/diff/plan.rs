@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::entity::{Attribution, Entity, EntityKind};
 use super::{Change, ChangeSet, Op};
-use crate::desired::{NftChain, NftRule};
+use crate::state::{NftChain, NftRule};
 
 /// Whether a network device exists where the plan would be applied.
 pub trait DeviceCheck {
@@ -264,10 +264,8 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
-    use crate::desired::{
-        AddressEntry, Family, Field, KernelState, NftTable, Stmt, TableId, Value,
-    };
     use crate::diff::diff;
+    use crate::state::{AddressEntry, Family, Field, KernelState, NftTable, Stmt, TableId, Value};
 
     /// A host with exactly these devices.
     struct Devices(BTreeSet<&'static str>);

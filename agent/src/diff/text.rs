@@ -3,7 +3,7 @@
 
 use super::plan::{PlanContext, PlanHeader};
 use super::{Change, ChangeSet, Op};
-use crate::desired::{RouteKey, RouteSpec, MAIN_TABLE};
+use crate::state::{RouteKey, RouteSpec, MAIN_TABLE};
 
 impl Op {
     fn sign(self) -> char {

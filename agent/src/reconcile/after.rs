@@ -1,8 +1,8 @@
 //! What the loop keeps and logs after a pass: the kernel state it now
 //! believes in, and one-line summaries of what it could not do.
 
-use crate::desired::{AddressEntry, KernelState, RouteKey, RouteSpec};
 use crate::diff::Change;
+use crate::state::{AddressEntry, KernelState, RouteKey, RouteSpec};
 
 /// Drops the statements of every rule, keeping their hashes: the diff
 /// compares rules by hash only (as read back from the kernel, rules carry

@@ -35,11 +35,11 @@ use edgenet_model::{Instance, NodeView};
 
 use super::names::{is_group_set, is_instance_chain, is_sg_chain};
 use super::{group_member_sets, group_set_name, render, RenderSettings, Usage};
-use crate::desired::{
-    AddressEntry, AddressOwnership, Family, IpFamily, KernelState, NftChain, NftSet, TableId,
-};
 use crate::diff::{diff, Change, ChangeSet};
 use crate::snapshot::Snapshot;
+use crate::state::{
+    AddressEntry, AddressOwnership, Family, IpFamily, KernelState, NftChain, NftSet, TableId,
+};
 
 /// What the last applied pass leaves for the next incremental one: the
 /// snapshot the kernel holds and the usage counts of its render.

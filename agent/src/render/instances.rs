@@ -10,7 +10,7 @@ use edgenet_model::{Instance, SecurityGroup};
 
 use super::names::*;
 use super::{insert_chain, ParsedSubnet, Renderer};
-use crate::desired::*;
+use crate::state::*;
 
 pub(super) struct ParsedInstance<'a> {
     instance: &'a Instance,

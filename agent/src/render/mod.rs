@@ -42,7 +42,7 @@ use compact_str::ToCompactString;
 use edgenet_model::{Instance, NodeView};
 use ipnet::IpNet;
 
-use crate::desired::*;
+use crate::state::*;
 
 /// The model's id and interface-name rules, by the names render has always
 /// exported them under: one definition for the checker and the renderer.

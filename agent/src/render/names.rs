@@ -1,6 +1,6 @@
 //! Names of the chains, sets and maps that render writes into our tables.
 
-use crate::desired::IpFamily;
+use crate::state::IpFamily;
 
 pub const FORWARD_CHAIN: &str = "forward";
 pub const NAT_PREROUTING_CHAIN: &str = "nat_prerouting";

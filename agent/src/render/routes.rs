@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use edgenet_model::validate::is_valid_interface_name;
 
 use super::{parse_network, Renderer};
-use crate::desired::*;
+use crate::state::*;
 
 impl Renderer<'_> {
     pub(super) fn render_routes(&mut self) {

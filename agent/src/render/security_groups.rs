@@ -9,7 +9,7 @@ use edgenet_model::{IpProtocol, Rule};
 
 use super::names::*;
 use super::{family_of_net, insert_chain, parse_net_or_addr, Renderer};
-use crate::desired::*;
+use crate::state::*;
 
 impl<'a> Renderer<'a> {
     pub(super) fn render_security_groups(&mut self, used: &BTreeSet<&'a str>) {

@@ -6,7 +6,7 @@ use compact_str::ToCompactString;
 
 use super::names::*;
 use super::{family_of_net, insert_chain, number_rules, Renderer};
-use crate::desired::*;
+use crate::state::*;
 
 impl Renderer<'_> {
     /// Chains, sets and maps that exist whatever the view holds.

@@ -18,7 +18,7 @@ use crate::skew::ClockSkew;
 /// bomb or an endless body is cut off at once.
 pub const MAX_STS_ANSWER_BYTES: usize = 1 << 20;
 
-/// Settings of an [`AssumeRoleProvider`] (CLI.md `[credentials]`).
+/// Settings of an [`AssumeRoleProvider`] (docs/cli.md `[credentials]`).
 #[derive(Debug, Clone)]
 pub struct AssumeRoleConfig {
     /// STS endpoint URL, e.g. `https://clc.example.internal:8773/`.

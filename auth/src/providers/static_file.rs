@@ -1,4 +1,4 @@
-//! Long-term keys from an AWS shared-credentials file (CLI.md "Node credentials file").
+//! Long-term keys from an AWS shared-credentials file (docs/cli.md "Node credentials file").
 
 use std::path::{Path, PathBuf};
 

@@ -116,7 +116,7 @@ pub const REGION: &str = "eucalyptus";
 pub const NODE_ROLE: &str = "arn:aws:iam::000000000000:role/edgenet-node";
 pub const ADMIN_ROLE: &str = "arn:aws:iam::000000000000:role/edgenet-admin";
 
-/// The key file of CLI.md, plus an unbound non-admin key.
+/// The key file of docs/cli.md, plus an unbound non-admin key.
 pub fn keys_toml() -> String {
     format!(
         r#"

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use crate::addr::sort_numerically;
 use crate::canonical::{canonical_instance, route_order, to_canonical_vec, HashingWriter, StateId};
+use crate::change::ModelChange;
 use crate::types::*;
 
 type Bytes = Arc<[u8]>;
@@ -112,6 +113,36 @@ impl ModelIndex {
             next
         };
         let changed = next.changed_nodes_since(self);
+        (next, changed)
+    }
+
+    /// The index of `model`, which is `self`'s model with `change` applied
+    /// (and validated). The reach comes from the change, not from diffing
+    /// the two models, and only the views it reaches are recomputed.
+    /// Returns the nodes whose state id changed, removed nodes included.
+    pub fn apply(&self, model: Arc<CloudModel>, change: &ModelChange) -> (Self, Vec<String>) {
+        if change.touches_shared_parts() {
+            // Every view carries these: nothing to spare.
+            let next = Self::build(model);
+            let changed = next.changed_nodes_since(self);
+            return (next, changed);
+        }
+        let reach = self.reach_of_change(&model, change);
+        let mut next = ModelIndex {
+            groups: self.updated_groups(&model, &reach.groups),
+            members: self.updated_members(&model, &reach.memberships),
+            model,
+            shared: self.shared.clone(),
+            views: HashMap::default(),
+        };
+        next.views = next.rebuild_views(|node| reach.nodes.contains(node), &self.views);
+        let mut changed: Vec<String> = reach
+            .nodes
+            .iter()
+            .filter(|node| self.state_id(node) != next.state_id(node))
+            .cloned()
+            .collect();
+        changed.sort();
         (next, changed)
     }
 

@@ -4,6 +4,7 @@ use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::sync::Arc;
 
 use super::{members_of, GroupPart, ModelIndex, Reach};
+use crate::change::{KindChange, ModelChange};
 use crate::types::*;
 
 impl ModelIndex {
@@ -16,8 +17,69 @@ impl ModelIndex {
         self.reach_of_instances(model, &mut reach);
         self.reach_of_groups(model, &mut reach);
         self.reach_of_routes(model, &mut reach);
+        self.reach_through_groups(&mut reach);
+        reach
+    }
+
+    /// The same reach as [`Self::reach_of`], read off a change: removed and
+    /// upserted entities, each with the version `self` holds. Nodes new to
+    /// the model are reached too (their views do not exist yet).
+    pub(super) fn reach_of_change(&self, model: &CloudModel, change: &ModelChange) -> Reach {
+        let mut reach = Reach::default();
+        let nodes = &change.nodes;
+        reach
+            .nodes
+            .extend(nodes.upserts.iter().map(|n| n.id.clone()));
+        reach.nodes.extend(nodes.removals.iter().cloned());
+        self.reach_of_changed_instances(&change.instances, &mut reach);
+        let groups = &change.security_groups;
+        reach
+            .groups
+            .extend(groups.upserts.iter().map(|g| g.id.clone()));
+        reach.groups.extend(groups.removals.iter().cloned());
+        let routes = change.routes.added.iter().chain(&change.routes.removed);
+        for route in routes {
+            match &route.node {
+                Some(node) => {
+                    reach.nodes.insert(node.clone());
+                }
+                None => reach.nodes.extend(model.nodes.iter().map(|n| n.id.clone())),
+            }
+        }
+        self.reach_through_groups(&mut reach);
+        reach
+    }
+
+    /// Upserted and removed instances against their old versions, found in
+    /// one pass over the old model's instances (no allocation per instance).
+    fn reach_of_changed_instances(&self, change: &KindChange<Instance>, reach: &mut Reach) {
+        if change.is_empty() {
+            return;
+        }
+        let mut wanted: HashMap<&str, Option<&Instance>> = HashMap::default();
+        wanted.extend(change.upserts.iter().map(|i| (i.id.as_str(), Some(i))));
+        wanted.extend(change.removals.iter().map(|id| (id.as_str(), None)));
+        let mut seen: HashSet<&str> = HashSet::default();
+        for old in &self.model.instances {
+            if let Some(new) = wanted.get(old.id.as_str()) {
+                seen.insert(old.id.as_str());
+                if *new != Some(old) {
+                    instance_changed(Some(old), *new, reach);
+                }
+            }
+        }
+        for new in &change.upserts {
+            if !seen.contains(new.id.as_str()) {
+                instance_changed(None, Some(new), reach);
+            }
+        }
+    }
+
+    /// Adds the nodes that hold a reached group or carry the members of a
+    /// group whose membership changed.
+    fn reach_through_groups(&self, reach: &mut Reach) {
         if reach.groups.is_empty() && reach.memberships.is_empty() {
-            return reach;
+            return;
         }
         for (node, entry) in &self.views {
             let holds_group = entry.groups.iter().any(|g| reach.groups.contains(&*g.id));
@@ -29,7 +91,6 @@ impl ModelIndex {
                 reach.nodes.insert(node.to_string());
             }
         }
-        reach
     }
 
     fn reach_of_nodes(&self, model: &CloudModel, reach: &mut Reach) {

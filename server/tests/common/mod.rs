@@ -14,6 +14,7 @@ use serde_json::Value;
 pub const REGION: &str = "eucalyptus";
 pub const NODE_ROLE: &str = "arn:aws:iam::000000000000:role/edgenet-node";
 pub const ADMIN_ROLE: &str = "arn:aws:iam::000000000000:role/edgenet-admin";
+pub const CREDENTIALS: &str = CREDENTIALS_TOML;
 
 pub fn nc1_key() -> Credentials {
     Credentials::long_term("AKIDNC1EXAMPLE0001", "nc1-secret-key")
@@ -90,6 +91,24 @@ impl TestServer {
             serde_json::to_vec_pretty(&sample_model()).unwrap(),
         )
         .unwrap();
+        let source = ["--model".to_string(), model_path.display().to_string()];
+        Self::start_in(dir, model_path, &source, extra).await
+    }
+
+    /// A server on the model in etcd at `urls` (no model file).
+    pub async fn start_etcd(urls: &str, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let model_path = dir.path().join("unused.json");
+        let source = ["--etcd".to_string(), urls.to_string()];
+        Self::start_in(dir, model_path, &source, extra).await
+    }
+
+    async fn start_in(
+        dir: tempfile::TempDir,
+        model_path: PathBuf,
+        source: &[String],
+        extra: &[&str],
+    ) -> Self {
         let creds = dir.path().join("credentials.toml");
         std::fs::write(&creds, CREDENTIALS_TOML).unwrap();
         std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -97,14 +116,13 @@ impl TestServer {
             "edgenet-server".into(),
             "--listen".into(),
             "127.0.0.1:0".into(),
-            "--model".into(),
-            model_path.display().to_string(),
             "--credentials".into(),
             creds.display().to_string(),
             "--token-key".into(),
             dir.path().join("token.key").display().to_string(),
             "--allow-short-sts-durations".into(),
         ];
+        args.extend(source.iter().cloned());
         args.extend(extra.iter().map(|s| s.to_string()));
         let cli = Cli::try_parse_from(&args).unwrap();
         let server = edgenet_server::start(&cli).await.unwrap();

@@ -17,11 +17,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::{ApplyReport, Dataplane, DataplaneError};
-use crate::desired::{
+use crate::diff::{Change, ChangeSet};
+use crate::state::{
     AddressEntry, DriftEvent, Family, KernelState, RouteKey, RouteSpec, TableId,
     DEFAULT_ROUTE_PROTOCOL, MAIN_TABLE,
 };
-use crate::diff::{Change, ChangeSet};
 
 pub mod monitor;
 pub mod netlink;

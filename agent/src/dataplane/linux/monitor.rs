@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use super::netlink::Links;
 use super::ruleset_monitor::{self, OwnWrites};
 use crate::dataplane::DataplaneError;
-use crate::desired::{AddressEntry, DriftEvent, DriftKind, RouteKey, RouteSpec};
+use crate::state::{AddressEntry, DriftEvent, DriftKind, RouteKey, RouteSpec};
 
 /// What we want, as the monitor needs it; updated before each apply.
 #[derive(Debug, Default)]

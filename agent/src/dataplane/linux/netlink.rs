@@ -29,8 +29,8 @@ use netlink_packet_route::AddressFamily;
 use rtnetlink::{Handle, RouteMessageBuilder};
 
 use crate::dataplane::{DataplaneError, DeferredChange};
-use crate::desired::{AddressEntry, RouteKey, RouteSpec};
 use crate::diff::Change;
+use crate::state::{AddressEntry, RouteKey, RouteSpec};
 
 /// Requests in flight at once on the netlink socket.
 const PIPELINE: usize = 128;

@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::dataplane::DataplaneError;
-use crate::desired::{DriftEvent, DriftKind, Family, STATE_CHAIN, TABLE_NAME};
+use crate::state::{DriftEvent, DriftKind, Family, STATE_CHAIN, TABLE_NAME};
 
 /// How long after one of our nftables writes the events it caused may
 /// still be arriving.

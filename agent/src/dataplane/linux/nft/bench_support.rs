@@ -1,7 +1,7 @@
 //! Benchmark support only: the desired ruleset as nft text, the baseline
 //! the dataplane benchmark feeds to `nft -f`. The agent never writes text.
 
-use crate::desired::*;
+use crate::state::*;
 
 /// The same ruleset as nft text, for `nft -f` (the benchmark's baseline).
 pub fn ruleset_text(state: &KernelState) -> String {

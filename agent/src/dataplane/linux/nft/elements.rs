@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use super::objects::NftCommand;
-use crate::desired::{TableId, DROP_VALUE};
+use crate::state::{TableId, DROP_VALUE};
 
 /// One set element as nft JSON: the key alone, or `[key, value]` for a map.
 /// Typed, so it is serialised straight into its command's text without a
@@ -129,7 +129,7 @@ fn element_command(verb: &str, id: &TableId, set: &str, elems: &[u8]) -> NftComm
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired::{Family, TableId};
+    use crate::state::{Family, TableId};
     use serde_json::{json, Value as Json};
 
     fn as_json(element: ElementJson<'_>) -> Json {

@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use serde_json::Value as Json;
 
 use crate::dataplane::DataplaneError;
-use crate::desired::*;
+use crate::state::*;
 
 fn parse_error(id: &TableId, detail: impl Into<String>) -> DataplaneError {
     DataplaneError::NftParse {

@@ -1,6 +1,6 @@
 //! nft JSON for tables, chains, rules and sets, through the `nftables`
 //! crate's schema types where they fit. A rule's statements are written
-//! from their one description (`desired::RuleWriter`).
+//! from their one description (`state::RuleWriter`).
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -12,7 +12,7 @@ use nftables::stmt::{self, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 use serde_json::json;
 
-use crate::desired::*;
+use crate::state::*;
 
 pub(super) fn nf_family(family: Family) -> NfFamily {
     match family {

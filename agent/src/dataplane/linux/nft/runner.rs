@@ -9,7 +9,7 @@ use tokio::process::Command;
 use super::listing::parse_table;
 use super::transaction::{write_transaction, Transaction};
 use crate::dataplane::DataplaneError;
-use crate::desired::{Family, NftTable, TableId, TABLE_NAME};
+use crate::state::{Family, NftTable, TableId, TABLE_NAME};
 
 /// How to run `nft`: the program and arguments put before ours (tests and
 /// odd setups may use e.g. `ip netns exec NS nft`).

@@ -9,8 +9,8 @@ use tokio::io::AsyncWriteExt;
 
 use super::elements::{element_json, ElementBatch};
 use super::objects::*;
-use crate::desired::*;
 use crate::diff::Change;
+use crate::state::*;
 
 /// A transaction in the order it is written. A chain's rules (most of a
 /// full apply: ~26,000 at 10,000 instances) are serialised only as they

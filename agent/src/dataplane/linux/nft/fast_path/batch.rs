@@ -8,7 +8,7 @@ use super::abi::*;
 use super::encode::{counter, rule_expressions, ElementValue};
 use super::message::{comment_udata, Attr, NfgenMessage};
 use super::NfnlError;
-use crate::desired::{Family, NftChain, TableId, STATE_CHAIN, STATE_COMMENT_PREFIX};
+use crate::state::{Family, NftChain, TableId, STATE_CHAIN, STATE_COMMENT_PREFIX};
 
 /// One nfnetlink batch, ready to send, and what each message does (for
 /// the error when the kernel refuses one).

@@ -1,6 +1,6 @@
 //! Element keys, map values and rules in the kernel's layout: keys and
 //! values from the canonical text the desired state keeps, rules from
-//! their one description (`desired::RuleWriter`). `None` (or
+//! their one description (`state::RuleWriter`). `None` (or
 //! `NfnlError::Unsupported`) for anything the fast path does not write
 //! (then `nft` does).
 
@@ -9,8 +9,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use super::abi::*;
 use super::message::Attr;
 use super::NfnlError;
-use crate::desired::{self, write_rule, Field, IpFamily, Left, NatKind, NatTo, Right, RuleWriter};
-use crate::desired::{NftRule, NftSet, SetValue, DROP_VALUE};
+use crate::state::{self, write_rule, Field, IpFamily, Left, NatKind, NatTo, Right, RuleWriter};
+use crate::state::{NftRule, NftSet, SetValue, DROP_VALUE};
 
 /// A verdict: its code and, for a jump, the chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,13 +32,13 @@ impl<'a> Verdict<'a> {
     }
 }
 
-impl<'a> From<desired::Verdict<'a>> for Verdict<'a> {
-    fn from(verdict: desired::Verdict<'a>) -> Self {
+impl<'a> From<state::Verdict<'a>> for Verdict<'a> {
+    fn from(verdict: state::Verdict<'a>) -> Self {
         match verdict {
-            desired::Verdict::Accept => Verdict::plain(NF_ACCEPT),
-            desired::Verdict::Drop => Verdict::plain(NF_DROP),
-            desired::Verdict::Return => Verdict::plain(NFT_RETURN),
-            desired::Verdict::Jump(chain) => Verdict::jump(chain),
+            state::Verdict::Accept => Verdict::plain(NF_ACCEPT),
+            state::Verdict::Drop => Verdict::plain(NF_DROP),
+            state::Verdict::Return => Verdict::plain(NFT_RETURN),
+            state::Verdict::Jump(chain) => Verdict::jump(chain),
         }
     }
 }
@@ -77,7 +77,7 @@ impl<'s> RuleWriter<'s> for ExpressionWriter {
         Err(NfnlError::Unsupported("a rule that matches packets"))
     }
 
-    fn verdict(&mut self, verdict: desired::Verdict<'s>) -> Result<(), NfnlError> {
+    fn verdict(&mut self, verdict: state::Verdict<'s>) -> Result<(), NfnlError> {
         if !self.expressions.is_empty() {
             return Err(NfnlError::Unsupported("a rule of more than one verdict"));
         }
@@ -188,7 +188,7 @@ fn encode_field(field_type: &str, text: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired::{Stmt, Value};
+    use crate::state::{Stmt, Value};
 
     #[test]
     fn concatenated_keys_pad_each_field_to_four_bytes() {

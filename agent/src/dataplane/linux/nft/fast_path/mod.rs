@@ -32,7 +32,7 @@
 //!
 //! - `abi`: the nf_tables numbers no crate exports for every target;
 //! - `encode`: keys, values and rules in the kernel's layout (rules as
-//!   their one description is written, `desired::RuleWriter`);
+//!   their one description is written, `state::RuleWriter`);
 //! - `message`: messages and attributes, lengths checked;
 //! - `batch`: the batch being built;
 //! - `socket`: sending it and reading the acknowledgements.
@@ -48,8 +48,8 @@ mod socket;
 pub use batch::Batch;
 pub use socket::NfnlSocket;
 
-use crate::desired::{KernelState, NftSet, TableId};
 use crate::diff::Change;
+use crate::state::{KernelState, NftSet, TableId};
 use batch::{BatchBuilder, ElementVerb, EncodedElement};
 use encode::{element_value, encode_data};
 
@@ -247,7 +247,7 @@ fn element_of<'c>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired::{ElemText, Family, NftChain, NftRule, SetValue, Stmt};
+    use crate::state::{ElemText, Family, NftChain, NftRule, SetValue, Stmt};
 
     /// What the encoder hand-written before netlink-packet-core wrote for
     /// `every_kind_of_change`: the same bytes, message for message.

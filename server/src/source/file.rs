@@ -1,5 +1,12 @@
 //! The `--model FILE` source: the first load at start, then an inotify watch
 //! of the file's directory that reloads the model when the file changes.
+//! A reload diffs the new model against the served one into the
+//! entity-level change the hub installs.
+//!
+//! Only events that can change the content count (a write, a close after
+//! writing, a create, a rename, a removal): reading the file raises access
+//! events of its own, and counting those would make every read trigger the
+//! next one.
 //!
 //! The directory is watched, not the file, so replacing the file by rename
 //! (the safe way to write it) is seen. In-place writes are read once the
@@ -18,9 +25,9 @@ use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
 use notify::{Event, EventKind, RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 
+use super::{SourceKind, SourceStatus};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::status::ModelStatus;
 
 /// How long an unclosed in-place write may stay silent before the file is
 /// read anyway (a writer that keeps the file open, e.g. an editor).
@@ -43,14 +50,14 @@ pub enum SourceError {
 }
 
 /// The model file and what became of its last reads.
-pub struct ModelSource {
+pub struct FileSource {
     path: PathBuf,
-    status: Mutex<ModelStatus>,
+    status: Arc<SourceStatus>,
     /// Fingerprint of the last content read, to skip events that changed nothing.
     last_content: Mutex<u64>,
 }
 
-impl ModelSource {
+impl FileSource {
     /// Reads and validates the file at start: a missing or invalid file
     /// stops the server.
     pub fn load_initial(path: &Path) -> Result<(Arc<Self>, CloudModel), SourceError> {
@@ -62,24 +69,16 @@ impl ModelSource {
             path: path.to_owned(),
             errors: e.lines(),
         })?;
-        let source = ModelSource {
+        let source = FileSource {
             path: path.to_owned(),
-            status: Mutex::new(ModelStatus {
-                path: path.display().to_string(),
-                loaded_at: SystemTime::now(),
-                last_error: None,
-                invalid_count: 0,
-            }),
+            status: SourceStatus::new(SourceKind::File, path.display().to_string()),
             last_content: Mutex::new(fingerprint(&bytes)),
         };
         Ok((Arc::new(source), model))
     }
 
-    pub fn status(&self) -> ModelStatus {
-        self.status
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    pub fn status(&self) -> Arc<SourceStatus> {
+        self.status.clone()
     }
 
     /// Watches the file until `stop` turns true, reloading on changes.
@@ -134,7 +133,8 @@ impl ModelSource {
         let mut watcher =
             notify::recommended_watcher(move |res: notify::Result<Event>| match res {
                 Ok(event) => {
-                    if event.paths.iter().any(|p| p.file_name() == name.as_deref()) {
+                    let ours = event.paths.iter().any(|p| p.file_name() == name.as_deref());
+                    if ours && may_change_content(&event.kind) {
                         let _ = tx.send(event);
                     }
                 }
@@ -186,6 +186,7 @@ impl ModelSource {
     /// Reads the file; a valid new content is swapped in, an invalid one is
     /// refused and recorded, and the last valid model stays.
     pub async fn reload(&self, hub: &Arc<Hub>, metrics: &Metrics) {
+        metrics.model_read();
         let bytes = match tokio::fs::read(&self.path).await {
             Ok(b) => b,
             Err(e) => {
@@ -211,9 +212,7 @@ impl ModelSource {
         match outcome {
             Ok(Ok(report)) => {
                 metrics.reload_ok();
-                let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
-                status.loaded_at = SystemTime::now();
-                status.last_error = None;
+                self.status.loaded(None);
                 tracing::info!(
                     path = %self.path.display(),
                     changed_views = report.changed_nodes.len(),
@@ -227,18 +226,21 @@ impl ModelSource {
     }
 
     fn refuse(&self, metrics: &Metrics, errors: Vec<String>) {
-        metrics.reload_refused();
-        for line in &errors {
-            tracing::error!(path = %self.path.display(), "{line}");
-        }
-        tracing::error!(
-            path = %self.path.display(),
-            errors = errors.len(),
-            "model file refused; still serving the last valid model"
-        );
-        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
-        status.invalid_count += 1;
-        status.last_error = Some(errors.join("\n"));
+        let what = self.path.display().to_string();
+        self.status.refused(metrics, &what, &errors);
+    }
+}
+
+/// The events that can mean new content. Not the access events (open,
+/// read, close without writing) that every read of the file raises itself,
+/// nor attribute changes.
+fn may_change_content(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        EventKind::Modify(ModifyKind::Metadata(_)) => false,
+        EventKind::Modify(_) | EventKind::Create(_) | EventKind::Remove(_) => true,
+        EventKind::Any | EventKind::Other => false,
     }
 }
 
@@ -277,7 +279,7 @@ mod tests {
     use super::*;
     use edgenet_model::ModelIndex;
 
-    const EXAMPLE: &str = include_str!("../../examples/cloud.json");
+    const EXAMPLE: &str = include_str!("../../../examples/cloud.json");
 
     /// A write between the start-up read and the inotify watch makes no
     /// event; the watch must still pick it up, and long before the slow
@@ -287,7 +289,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cloud.json");
         std::fs::write(&path, EXAMPLE).unwrap();
-        let (source, model) = ModelSource::load_initial(&path).unwrap();
+        let (source, model) = FileSource::load_initial(&path).unwrap();
         let hub = Arc::new(Hub::new(ModelIndex::build(Arc::new(model)), 100));
         let metrics = Arc::new(Metrics::default());
 
@@ -303,14 +305,19 @@ mod tests {
             stop_rx,
         ));
         let deadline = tokio::time::Instant::now() + RECHECK_INTERVAL / 2;
-        while source.status().invalid_count == 0 {
+        while source.status().snapshot().invalid_count == 0 {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "the early write was missed"
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert!(source.status().last_error.unwrap().contains("private_ip"));
+        assert!(source
+            .status()
+            .snapshot()
+            .last_error
+            .unwrap()
+            .contains("private_ip"));
         stop_tx.send(true).unwrap();
         watching.await.unwrap().unwrap();
     }

@@ -82,7 +82,7 @@ impl KernelState {
     }
 }
 
-/// The addresses edgenetd may delete (DATAPLANE.md "Ownership"): addresses
+/// The addresses edgenetd may delete (docs/dataplane.md "Ownership"): addresses
 /// in the public pool on the public interface, subnet gateways on the bridge.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AddressOwnership {
@@ -351,7 +351,7 @@ pub fn jump_value(chain: &str) -> ElemText {
 /// The verdict-map value that drops (an instance left out: fail closed).
 pub const DROP_VALUE: &str = "drop";
 
-/// Something the agent should know without a full read (DATAPLANE.md
+/// Something the agent should know without a full read (docs/dataplane.md
 /// "Drift"): one of our routes or addresses was removed or changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DriftEvent {
