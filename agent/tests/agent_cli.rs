@@ -356,19 +356,7 @@ fn signals_reload_and_stop() {
     ignore = "needs root: cargo test --features root-tests"
 )]
 fn status_reports_drift_on_the_kernel_in_a_namespace() {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| text(&o.stdout).trim() == "0");
-    // Without root or nft this test cannot prove anything: fail, never pass.
-    assert!(
-        root.unwrap_or(false),
-        "needs root to make a network namespace"
-    );
-    assert!(
-        Command::new("nft").arg("--version").output().is_ok(),
-        "needs nft (the nftables package; scripts/test-all.sh installs it)"
-    );
+    assert_root_and_nft();
     let script = r#"
 set -e
 ip link set lo up
