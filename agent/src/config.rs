@@ -13,7 +13,7 @@ use serde::Deserialize;
 /// Where the configuration is read from when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/edgenet/edgenetd.toml";
 pub const DEFAULT_REGION: &str = "eucalyptus";
-pub const DEFAULT_WAIT_SECONDS: u32 = 30;
+pub use edgenet_model::protocol::DEFAULT_WAIT_SECONDS;
 
 /// Why the configuration cannot be used. Each renders as one line.
 #[derive(Debug, thiserror::Error)]

@@ -7,7 +7,24 @@ use std::time::Duration;
 pub const API_VERSION: &str = "2026-11-01";
 
 /// `WaitSeconds` when the client gives none.
-pub const DEFAULT_WAIT_SECONDS: u64 = 30;
+pub const DEFAULT_WAIT_SECONDS: u32 = 30;
+
+/// The `Error.Code`s of docs/protocol.md that a client acts on: the server
+/// answers with them and the agent reads them, so both take them from here.
+pub mod error_code {
+    pub const MISSING_PARAMETER: &str = "MissingParameter";
+    pub const INVALID_PARAMETER_VALUE: &str = "InvalidParameterValue";
+    pub const INVALID_ACTION: &str = "InvalidAction";
+    pub const UNAUTHORIZED_OPERATION: &str = "UnauthorizedOperation";
+    /// The node is not in the model (yet): keep the applied state, retry later.
+    pub const NODE_NOT_FOUND: &str = "InvalidNodeId.NotFound";
+    pub const REQUEST_LIMIT_EXCEEDED: &str = "RequestLimitExceeded";
+    pub const INTERNAL_ERROR: &str = "InternalError";
+    /// The signature's credentials are not (or no longer) accepted: refresh
+    /// them and retry once.
+    pub const AUTH_FAILURE: &str = "AuthFailure";
+    pub const EXPIRED_TOKEN: &str = "ExpiredToken";
+}
 
 /// A client's retry backoff after a failed poll: full jitter, doubling
 /// from this first cap...

@@ -26,18 +26,20 @@ pub enum ApiError {
     InternalError(String),
 }
 
+use edgenet_model::protocol::error_code as code;
+
 impl ApiError {
     /// HTTP status and the `Error.Code` of docs/protocol.md.
     pub fn status_and_code(&self) -> (u16, &'static str) {
         match self {
-            ApiError::MissingParameter(_) => (400, "MissingParameter"),
-            ApiError::InvalidParameterValue(_) => (400, "InvalidParameterValue"),
-            ApiError::InvalidAction(_) => (400, "InvalidAction"),
+            ApiError::MissingParameter(_) => (400, code::MISSING_PARAMETER),
+            ApiError::InvalidParameterValue(_) => (400, code::INVALID_PARAMETER_VALUE),
+            ApiError::InvalidAction(_) => (400, code::INVALID_ACTION),
             ApiError::Auth(e) => e.status_and_code(Api::Ec2),
-            ApiError::UnauthorizedOperation(_) => (403, "UnauthorizedOperation"),
-            ApiError::NodeNotFound(_) => (404, "InvalidNodeId.NotFound"),
-            ApiError::RequestLimitExceeded { .. } => (503, "RequestLimitExceeded"),
-            ApiError::InternalError(_) => (500, "InternalError"),
+            ApiError::UnauthorizedOperation(_) => (403, code::UNAUTHORIZED_OPERATION),
+            ApiError::NodeNotFound(_) => (404, code::NODE_NOT_FOUND),
+            ApiError::RequestLimitExceeded { .. } => (503, code::REQUEST_LIMIT_EXCEEDED),
+            ApiError::InternalError(_) => (500, code::INTERNAL_ERROR),
         }
     }
 

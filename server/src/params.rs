@@ -113,7 +113,7 @@ pub fn describe_params(
         .filter(|s| !s.is_empty())
         .map(str::to_owned);
     let wait = match params.get("WaitSeconds")? {
-        None => Duration::from_secs(DEFAULT_WAIT_SECONDS),
+        None => Duration::from_secs(u64::from(DEFAULT_WAIT_SECONDS)),
         Some(text) => Duration::from_secs(parse_wait_seconds(text)?),
     }
     .min(max_wait);

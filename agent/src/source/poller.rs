@@ -18,7 +18,8 @@ use crate::snapshot::{Feedback, FeedbackReceiver, Snapshot, SnapshotSender};
 use edgenet_auth::body::{error_chain, printable, read_capped, BodyError};
 use edgenet_model::backoff::Backoff;
 use edgenet_model::protocol::{
-    is_valid_state_id, state_id_problem, MIN_QUIET_POLL, RETRY_BACKOFF_MAX, RETRY_BACKOFF_MIN,
+    error_code, is_valid_state_id, state_id_problem, MIN_QUIET_POLL, RETRY_BACKOFF_MAX,
+    RETRY_BACKOFF_MIN,
 };
 pub use edgenet_model::protocol::{truncate_utf8, API_VERSION, MAX_APPLY_ERROR_BYTES};
 /// The largest answer read: far above any real view (10,000 instances is a
@@ -118,10 +119,10 @@ impl PollError {
     }
 }
 
-const NOT_FOUND: &str = "InvalidNodeId.NotFound";
+const NOT_FOUND: &str = error_code::NODE_NOT_FOUND;
 
 fn is_auth_rejection(code: &str) -> bool {
-    matches!(code, "ExpiredToken" | "AuthFailure")
+    code == error_code::EXPIRED_TOKEN || code == error_code::AUTH_FAILURE
 }
 
 /// What one successful poll brought.
