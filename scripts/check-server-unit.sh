@@ -32,7 +32,10 @@ binary=$PWD/target/debug/edgenet-server
 root=$(mktemp -d)
 server_pid=
 cleanup() {
-  [ -z "$server_pid" ] || kill "$server_pid" 2>/dev/null || true
+  if [ -n "$server_pid" ]; then
+    kill "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+  fi
   rm -rf "$root"
 }
 trap cleanup EXIT
@@ -68,20 +71,22 @@ exec_start=${exec_start//\/usr\/bin\/edgenet-server/$binary}
 exec_start=$(sed "s/--listen [^ ]*/--listen 127.0.0.1:$port/" <<<"$exec_start")
 read -r -a command <<<"$exec_start"
 
+# Runs as the service would. Called in a subshell (`(as_service …)`), its
+# exec makes that subshell the server, so `$!` is the server's pid.
 as_service() {
   local group=$1
   shift
-  (cd / && exec setpriv --reuid="$uid" --regid="$group" --clear-groups --inh-caps=-all "$@")
+  cd / && exec setpriv --reuid="$uid" --regid="$group" --clear-groups --inh-caps=-all "$@"
 }
 
 # Without the unit's group (a dynamic user has none) the model is unreadable.
-if as_service "$other_gid" "${command[@]}" >"$root/refused.log" 2>&1; then
+if (as_service "$other_gid" "${command[@]}") >"$root/refused.log" 2>&1; then
   fail "the server started without the group that may read the model"
 fi
 grep -q "Permission denied" "$root/refused.log" || { cat "$root/refused.log"; fail "refused, but not for the model's permissions"; }
 echo "without Group=edgenet-server: refused: $(grep -m1 "Permission denied" "$root/refused.log")"
 
-as_service "$gid" "${command[@]}" >"$root/server.log" 2>&1 &
+(as_service "$gid" "${command[@]}") >"$root/server.log" 2>&1 &
 server_pid=$!
 health=
 for _ in $(seq 100); do
