@@ -20,6 +20,7 @@
 //! writes), with each stage timed: plan (compare the views, render the
 //! changed instances), diff and the kernel write.
 
+use edgenet_agent::render::render_snapshot;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::File;
@@ -571,7 +572,7 @@ fn incremental(n: usize, fast_path: bool) -> Incremental {
             let base_view = view(n);
             let base = Arc::new(Snapshot::from_view("nc-1", "v1-base".into(), &base_view));
             let start = Instant::now();
-            let rendered = base.render(&settings()).unwrap();
+            let rendered = render_snapshot(&base, &settings()).unwrap();
             let empty = dp.read().await.unwrap();
             let changes = diff(&empty, &rendered.desired);
             dp.apply(&changes, &rendered.desired, "v1-base")
@@ -594,7 +595,7 @@ fn incremental(n: usize, fast_path: bool) -> Incremental {
             let plus = Arc::new(Snapshot::from_view("nc-1", "v1-plus".into(), &parsed));
             let intake = start.elapsed();
             let start = Instant::now();
-            let plus_desired = plus.render(&settings()).unwrap().desired;
+            let plus_desired = render_snapshot(&plus, &settings()).unwrap().desired;
             let changes = diff(&actual, &plus_desired);
             let full_render_diff = start.elapsed();
             drop(changes);

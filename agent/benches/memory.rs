@@ -12,6 +12,7 @@
 use edgenet_agent::dataplane::linux::nft::build_transaction;
 use edgenet_agent::diff::diff;
 use edgenet_agent::reconcile::forget_rule_statements;
+use edgenet_agent::render::render_snapshot;
 use edgenet_agent::render::RenderSettings;
 use edgenet_agent::snapshot::Snapshot;
 use edgenet_agent::state::KernelState;
@@ -86,7 +87,7 @@ fn main() {
     drop(model);
     let settings = RenderSettings::default();
     let rendered = step("render (desired state)", || {
-        snapshot.render(&settings).expect("view is usable")
+        render_snapshot(&snapshot, &settings).expect("view is usable")
     });
     let desired = rendered.desired;
     let empty = KernelState::default();

@@ -10,6 +10,7 @@
 //!   unusable view, a failed read or a failed apply keeps the kernel as it
 //!   is, and the apply is retried with backoff as a full resync.
 
+use crate::render::render_snapshot;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -401,7 +402,7 @@ impl Reconciler {
     ) -> Result<Pass, DataplaneError> {
         self.check_sysctls();
         let state_id = target.state_id.as_str();
-        let Some(rendered) = target.render(&self.settings.render) else {
+        let Some(rendered) = render_snapshot(target, &self.settings.render) else {
             self.actual = Some(actual);
             return Ok(Pass::in_full(0));
         };
@@ -594,7 +595,7 @@ pub async fn apply_once(
     }
     let actual = dataplane.read().await?;
     let from = actual.state_id.as_deref();
-    let Some(rendered) = snapshot.render(settings) else {
+    let Some(rendered) = render_snapshot(snapshot, settings) else {
         return Ok(ChangeSet::default().render_text(&snapshot.node, from, &snapshot.state_id));
     };
     let desired = rendered.desired;

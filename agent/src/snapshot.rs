@@ -9,8 +9,6 @@ use std::sync::Arc;
 use edgenet_model::{sanitize_view, Instance, NodeView};
 use tokio::sync::watch;
 
-use crate::render::{fail_closed_for, render, RenderSettings, Rendered};
-
 /// One node view as received, ready for the reconcile loop.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot {
@@ -52,16 +50,6 @@ impl Snapshot {
             left_out: sanitized.left_out.iter().map(ToString::to_string).collect(),
             removed_instances,
         }
-    }
-
-    /// The kernel state this snapshot asks for, with the instances that were
-    /// left out failing closed. `None` when nothing in the view is usable.
-    pub fn render(&self, settings: &RenderSettings) -> Option<Rendered> {
-        let view = self.view.as_deref()?;
-        let mut rendered = render(view, settings);
-        fail_closed_for(&mut rendered.desired, &self.removed_instances);
-        rendered.desired.state_id = Some(self.state_id.clone());
-        Some(rendered)
     }
 }
 
@@ -111,7 +99,7 @@ mod tests {
             snapshot.left_out
         );
 
-        let rendered = snapshot.render(&RenderSettings::default()).unwrap();
+        let rendered = crate::render::render_snapshot(&snapshot, &Default::default()).unwrap();
         let inet = &rendered.desired.tables[&TableId::ours(Family::Inet)];
         let verdicts = &inet.sets[&instances_map_name(crate::state::IpFamily::V4)].elements;
         assert_eq!(verdicts[invalid_ip.as_str()].as_deref(), Some(DROP_VALUE));

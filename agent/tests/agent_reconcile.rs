@@ -2,6 +2,7 @@
 //! and periodic resyncs repair, failed applies back off and keep the kernel,
 //! unusable views are refused, feedback says what happened.
 
+use edgenet_agent::render::render_snapshot;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -305,7 +306,9 @@ async fn instance_changes_render_incrementally_and_end_as_a_full_render_would() 
     for snapshot in &steps {
         agent.snapshots.send_replace(Some(snapshot.clone()));
         agent.wait_applied(&snapshot.state_id).await;
-        let full = snapshot.render(&Default::default()).unwrap().desired;
+        let full = render_snapshot(snapshot, &Default::default())
+            .unwrap()
+            .desired;
         let kernel = agent.dataplane.kernel();
         let left = edgenet_agent::diff::diff(&kernel, &full);
         assert!(

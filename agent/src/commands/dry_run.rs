@@ -6,6 +6,7 @@
 //! diff is against an empty state, with a note on stderr saying so: the
 //! README's first command must work on a laptop without root.
 
+use crate::render::render_snapshot;
 use std::io::Write;
 use std::sync::Arc;
 
@@ -59,12 +60,10 @@ pub fn desired_state(
     snapshot: &Snapshot,
     settings: &RenderSettings,
 ) -> Result<KernelState, DryRunError> {
-    let rendered = snapshot
-        .render(settings)
-        .ok_or_else(|| DryRunError::Unusable {
-            state_id: snapshot.state_id.clone(),
-            problems: snapshot.left_out.join("; "),
-        })?;
+    let rendered = render_snapshot(snapshot, settings).ok_or_else(|| DryRunError::Unusable {
+        state_id: snapshot.state_id.clone(),
+        problems: snapshot.left_out.join("; "),
+    })?;
     for left_out in &rendered.left_out {
         tracing::warn!("left out: {left_out}");
     }

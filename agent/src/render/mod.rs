@@ -35,6 +35,7 @@ mod skeleton;
 #[cfg(test)]
 mod tests;
 
+use crate::snapshot::Snapshot;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
@@ -98,6 +99,17 @@ pub struct Usage {
     pub macs: HashSet<u64>,
     /// Instances of the view that were not rendered (invalid or duplicate).
     pub instances_left_out: usize,
+}
+
+/// The kernel state `snapshot` asks for, with the instances its view left
+/// out failing closed and its state id recorded. `None` when nothing in the
+/// view is usable.
+pub fn render_snapshot(snapshot: &Snapshot, settings: &RenderSettings) -> Option<Rendered> {
+    let view = snapshot.view.as_deref()?;
+    let mut rendered = render(view, settings);
+    fail_closed_for(&mut rendered.desired, &snapshot.removed_instances);
+    rendered.desired.state_id = Some(snapshot.state_id.clone());
+    Some(rendered)
 }
 
 /// Render `view` into the kernel state it asks for.

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::reconcile::forget_rule_statements;
+use crate::render::render_snapshot;
 use edgenet_model::{Protocol, Route, Rule, SecurityGroup};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -190,7 +191,7 @@ fn a_pass_says_why_it_renders_in_full() {
         }
     }
     let first = Arc::new(Snapshot::from_view("nc-1", "v0".into(), &view));
-    let rendered = first.render(&settings).unwrap();
+    let rendered = render_snapshot(&first, &settings).unwrap();
     let baseline = Baseline::after_full_render(first, rendered.usage).unwrap();
     let plan_for = |view: &NodeView| {
         let next = Snapshot::from_view("nc-1", "v1".into(), view);
@@ -229,7 +230,7 @@ fn incremental_passes_give_what_the_full_render_and_diff_give() {
     let mut rng = StdRng::seed_from_u64(7);
     let mut view = base_view();
     let first = Arc::new(Snapshot::from_view("nc-1", "v0".into(), &view));
-    let rendered = first.render(&settings).unwrap();
+    let rendered = render_snapshot(&first, &settings).unwrap();
     let mut actual = normalized(rendered.desired);
     let mut baseline = Baseline::after_full_render(first, rendered.usage);
     let (mut next_id, mut incremental, steps) = (1000, 0, 400);
@@ -244,7 +245,7 @@ fn incremental_passes_give_what_the_full_render_and_diff_give() {
         }
         view.instances.sort_by(|a, b| a.id.cmp(&b.id));
         let next = Arc::new(Snapshot::from_view("nc-1", format!("v{step}"), &view));
-        let full = next.render(&settings).unwrap();
+        let full = render_snapshot(&next, &settings).unwrap();
         let expected = lines(&diff(&actual, &full.desired));
         let planned = baseline
             .as_ref()
