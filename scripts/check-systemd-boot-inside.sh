@@ -53,10 +53,12 @@ sed -i -e 's|https://clc.example.internal:8773/|https://localhost:8773/|' \
 ip link add br0 type bridge && ip link set br0 up
 # A dummy device would do; the dummy module may be missing, a bridge is not.
 { ip link add eth0 type dummy 2>/dev/null || ip link add eth0 type bridge; } && ip link set eth0 up
-# Type=notify: start returns once the first view is applied.
+# Type=notify: start returns once the kernel is read (READY comes before
+# the first view, so that a node whose controller is down does not flap);
+# the view is applied just after.
 timeout 60 systemctl start edgenetd.service \
   || { systemctl status --no-pager edgenetd.service; journalctl -u edgenetd --no-pager | tail -30; fail "edgenetd did not start"; }
-table_present || fail "no table inet edgenet after the start"
+wait_for 100 table_present || fail "no table inet edgenet after the start"
 systemctl show -P StatusText edgenetd.service
 
 step "nftables.service restart flushes the ruleset; edgenetd re-applies"
