@@ -94,8 +94,9 @@ pub struct SourceArgs {
     pub wait_seconds: Option<u32>,
     /// Which dataplane to drive: the kernel, an in-memory one (for tests and
     /// benchmarks: touches nothing on the host) or none (dry runs only,
-    /// diffing against an empty state).
-    #[arg(long, value_enum, default_value_t = DataplaneKind::Kernel, env = "EDGENET_DATAPLANE")]
+    /// diffing against an empty state). A test knob, so not in `--help`;
+    /// docs/cli.md describes it.
+    #[arg(long, value_enum, default_value_t = DataplaneKind::Kernel, env = "EDGENET_DATAPLANE", hide = true)]
     pub dataplane: DataplaneKind,
 }
 
