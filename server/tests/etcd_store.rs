@@ -51,6 +51,24 @@ async fn write(etcd: &Etcd, puts: &[(Key, Vec<u8>)], commit: bool) {
 }
 
 /// Waits (bounded) until the server serves the commit at `revision`.
+/// `model` pushed, and a server started on it and serving its commit.
+async fn serving(etcd: &Etcd, model: &CloudModel) -> TestServer {
+    let revision = push(etcd, model).await;
+    let server = TestServer::start_etcd(&etcd.url(), &[]).await;
+    wait_revision(&server, revision).await;
+    server
+}
+
+/// One instance written, with the commit marker or without it.
+async fn write_instance(etcd: &Etcd, instance: &edgenet_model::Instance, commit: bool) {
+    write(
+        etcd,
+        &[(Key::Instance(instance.id.clone()), to_json(instance))],
+        commit,
+    )
+    .await;
+}
+
 async fn wait_revision(server: &TestServer, revision: i64) -> Value {
     for _ in 0..200 {
         let status = server.status().await;
@@ -106,9 +124,7 @@ async fn an_imported_model_is_served_with_the_files_ids_and_pulls_back() {
 async fn a_one_instance_commit_wakes_only_the_affected_nodes_parked_poll() {
     let etcd = Etcd::start().await;
     let model = sample();
-    let revision = push(&etcd, &model).await;
-    let server = TestServer::start_etcd(&etcd.url(), &[]).await;
-    wait_revision(&server, revision).await;
+    let server = serving(&etcd, &model).await;
     let mut polls = Vec::new();
     for node in ["nc-1", "nc-2", "nc-3"] {
         let id = server.current_id(node).await;
@@ -119,12 +135,7 @@ async fn a_one_instance_commit_wakes_only_the_affected_nodes_parked_poll() {
     }
     server.wait_parked(3).await;
     let instance = relaunched(&model);
-    write(
-        &etcd,
-        &[(Key::Instance(instance.id.clone()), to_json(&instance))],
-        true,
-    )
-    .await;
+    write_instance(&etcd, &instance, true).await;
     let answer = polls.remove(0).await.unwrap();
     assert_eq!(answer.status, 200, "{}", answer.text());
     assert!(answer.text().contains("02:00:00:aa:bb:cc"));
@@ -141,17 +152,10 @@ async fn a_one_instance_commit_wakes_only_the_affected_nodes_parked_poll() {
 async fn uncommitted_entities_are_not_served_until_the_commit() {
     let etcd = Etcd::start().await;
     let model = sample();
-    let revision = push(&etcd, &model).await;
-    let server = TestServer::start_etcd(&etcd.url(), &[]).await;
-    wait_revision(&server, revision).await;
+    let server = serving(&etcd, &model).await;
     let before = server.current_id("nc-1").await;
     let instance = relaunched(&model);
-    write(
-        &etcd,
-        &[(Key::Instance(instance.id.clone()), to_json(&instance))],
-        false,
-    )
-    .await;
+    write_instance(&etcd, &instance, false).await;
     // A poll that waits out its time sees no change: the write is held.
     let r = server
         .get(&admin_key(), &poll_params("nc-1", &before, "2"))
@@ -170,18 +174,11 @@ async fn uncommitted_entities_are_not_served_until_the_commit() {
 async fn an_invalid_commit_is_refused_and_the_last_valid_model_served() {
     let etcd = Etcd::start().await;
     let model = sample();
-    let revision = push(&etcd, &model).await;
-    let server = TestServer::start_etcd(&etcd.url(), &[]).await;
-    wait_revision(&server, revision).await;
+    let server = serving(&etcd, &model).await;
     let before = server.current_id("nc-1").await;
     let mut bad = relaunched(&model);
     bad.private_ip = "10.1.0.999".into();
-    write(
-        &etcd,
-        &[(Key::Instance(bad.id.clone()), to_json(&bad))],
-        true,
-    )
-    .await;
+    write_instance(&etcd, &bad, true).await;
     let mut status = server.status().await;
     for _ in 0..200 {
         if status["Model"]["InvalidCount"] == 1 {
@@ -196,12 +193,7 @@ async fn an_invalid_commit_is_refused_and_the_last_valid_model_served() {
     assert_eq!(server.current_id("nc-1").await, before);
     // A valid commit after it is served, and clears the error.
     let good = relaunched(&model);
-    write(
-        &etcd,
-        &[(Key::Instance(good.id.clone()), to_json(&good))],
-        true,
-    )
-    .await;
+    write_instance(&etcd, &good, true).await;
     let r = server
         .get(&admin_key(), &poll_params("nc-1", &before, "10"))
         .await;
@@ -231,12 +223,7 @@ async fn a_replica_cut_off_across_a_commit_and_a_compaction_catches_up() {
     // While the replica is cut off: a commit, then a compaction past it,
     // so the watch cannot resume where it was.
     let instance = relaunched(&model);
-    write(
-        &etcd,
-        &[(Key::Instance(instance.id.clone()), to_json(&instance))],
-        true,
-    )
-    .await;
+    write_instance(&etcd, &instance, true).await;
     let mut client = etcd.client().await;
     let newest = client
         .get("x", None)
@@ -284,9 +271,7 @@ async fn a_start_past_a_compaction_serves_the_last_commit() {
 async fn losing_etcd_keeps_serving_reports_503_and_recovers_without_a_change() {
     let mut etcd = Etcd::start().await;
     let model = sample();
-    let revision = push(&etcd, &model).await;
-    let server = TestServer::start_etcd(&etcd.url(), &[]).await;
-    wait_revision(&server, revision).await;
+    let server = serving(&etcd, &model).await;
     let id = server.current_id("nc-2").await;
     let side = server.client_side();
     let held = id.clone();
